@@ -1,0 +1,78 @@
+"""A shared block read as an ODE, integrated with diffrax.
+
+The vector field is f(t, h) = Phi(h) - h, so one explicit Euler step of size 1
+is exactly the layer, and L shared layers are Euler with L steps over [0, L].
+The block travels through the solve as diffrax `args` (NNX modules are
+pytrees), so gradients reach its parameters through the solver loop.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from odeplm.block import Block
+from odeplm.solvers import Solve
+
+
+def vector_field(t, h, args):
+    """f(t, h) = Phi(h) - h; dropout keys are folded from the base key and t."""
+    block, mask, key = args
+    if key is not None:
+        key = jax.random.fold_in(key, jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32))
+    return block(h, mask, key) - h
+
+
+TERM = diffrax.ODETerm(vector_field)
+
+
+def integrate(
+    block: Block,
+    h: Float[Array, "batch seq width"],
+    mask: Bool[Array, "batch seq seq"],
+    *,
+    span: float,
+    solve: Solve,
+    key: PRNGKeyArray | None = None,
+) -> tuple[Float[Array, "batch seq width"], Int[Array, ""], Bool[Array, ""]]:
+    """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success).
+
+    Fixed-step solves lower to one loop of exactly `steps` iterations and keep
+    every step for the backward pass (as a scan would); adaptive solves use a PID
+    controller starting from one step over the whole span, so every evaluation
+    is counted in NFE. First-same-as-last solvers start from f(0, h) evaluated
+    here once; diffrax would otherwise re-evaluate it after every rejected first
+    step, uncounted in its statistics. Failure (max_steps reached) is reported, not raised, to
+    keep the compiled loop free of host callbacks.
+    """
+    if solve.adaptive:
+        dt0 = span
+        controller = diffrax.PIDController(rtol=solve.rtol, atol=solve.atol)
+        max_steps = solve.max_steps
+        adjoint = diffrax.RecursiveCheckpointAdjoint()
+    else:
+        dt0 = span / solve.steps
+        controller = diffrax.ConstantStepSize()
+        max_steps = solve.steps
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=solve.steps)
+    args = (block, mask, key)
+    solver_state = (jnp.array(False), vector_field(0.0, h, args)) if solve.info.fsal else None
+    solution = diffrax.diffeqsolve(
+        TERM,
+        solve.info.make(),
+        t0=0.0,
+        t1=span,
+        dt0=dt0,
+        y0=h,
+        args=args,
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
+        solver_state=solver_state,
+    )
+    nfe = solve.info.nfe(solution.stats["num_steps"])
+    return solution.ys[0], nfe, solution.result == diffrax.RESULTS.successful

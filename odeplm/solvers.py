@@ -1,0 +1,160 @@
+"""ODE solvers for inference and training, and the `Solve` spec that picks one.
+
+A `Solve` is hashable: each (solver, steps) pair keys one compiled function.
+Cost is counted in function evaluations of the shared block (NFE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import diffrax
+import numpy as np
+
+from odeplm.config import DepthPlan
+
+
+class SolverError(ValueError):
+    """An unknown solver or an invalid solve specification."""
+
+
+class RK4(diffrax.AbstractERK):
+    """The classic fourth-order Runge–Kutta method (diffrax ships none).
+
+    It has no embedded error estimate, so it runs with fixed steps only.
+    """
+
+    tableau = diffrax.ButcherTableau(
+        c=np.array([0.5, 0.5, 1.0]),
+        b_sol=np.array([1 / 6, 1 / 3, 1 / 3, 1 / 6]),
+        b_error=np.zeros(4),
+        a_lower=(np.array([0.5]), np.array([0.0, 0.5]), np.array([0.0, 0.0, 1.0])),
+    )
+    interpolation_cls = diffrax.ThirdOrderHermitePolynomialInterpolation.from_k
+
+    def order(self, terms):
+        return 4
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverInfo:
+    """What the rest of the library needs to know about a solver."""
+
+    make: Callable[[], diffrax.AbstractSolver]
+    order: int
+    stages: int
+    fsal: bool  # first stage reuses the previous step's last evaluation
+    adaptive: bool  # has an embedded error estimate for step-size control
+
+    def nfe(self, num_steps):
+        """Function evaluations for `num_steps` attempted steps (rejected ones included)."""
+        return (self.stages - self.fsal) * num_steps + self.fsal
+
+
+SOLVERS: dict[str, SolverInfo] = {
+    "euler": SolverInfo(diffrax.Euler, order=1, stages=1, fsal=False, adaptive=False),
+    "midpoint": SolverInfo(diffrax.Midpoint, order=2, stages=2, fsal=False, adaptive=False),
+    "heun": SolverInfo(diffrax.Heun, order=2, stages=2, fsal=False, adaptive=True),
+    "ralston": SolverInfo(diffrax.Ralston, order=2, stages=2, fsal=False, adaptive=False),
+    "bosh3": SolverInfo(diffrax.Bosh3, order=3, stages=4, fsal=True, adaptive=True),
+    "rk4": SolverInfo(RK4, order=4, stages=4, fsal=False, adaptive=False),
+    "tsit5": SolverInfo(diffrax.Tsit5, order=5, stages=7, fsal=True, adaptive=True),
+    "dopri5": SolverInfo(diffrax.Dopri5, order=5, stages=7, fsal=True, adaptive=True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Solve:
+    """How to integrate one segment: a solver with a fixed step count, or adaptively.
+
+    `steps=None` without tolerances means the segment's training step count;
+    `rtol`/`atol` select adaptive stepping with a PID controller, bounded by
+    `max_steps` attempted steps.
+    """
+
+    solver: str = "euler"
+    steps: int | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    max_steps: int = 64
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise SolverError(f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0):
+            raise SolverError(f"steps must be a positive integer, got {self.steps!r}")
+        if (self.rtol is None) != (self.atol is None):
+            raise SolverError("adaptive solves need both rtol and atol")
+        if self.adaptive:
+            if self.steps is not None:
+                raise SolverError("give either a fixed step count or tolerances, not both")
+            if not self.info.adaptive:
+                adaptive = sorted(n for n, s in SOLVERS.items() if s.adaptive)
+                raise SolverError(f"solver {self.solver!r} has no error estimate; adaptive solvers: {adaptive}")
+            if not (self.rtol > 0 and self.atol > 0):
+                raise SolverError(f"tolerances must be positive, got rtol={self.rtol}, atol={self.atol}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
+            raise SolverError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+
+    @property
+    def info(self) -> SolverInfo:
+        return SOLVERS[self.solver]
+
+    @property
+    def adaptive(self) -> bool:
+        return self.rtol is not None
+
+    @classmethod
+    def parse(cls, text: str) -> "Solve":
+        """Parses `euler`, `rk4:3`, or `tsit5:rtol=1e-3:atol=1e-4[:max_steps=32]`."""
+        name, *options = text.strip().split(":")
+        kwargs: dict = {}
+        for option in options:
+            key, value = option.split("=", 1) if "=" in option else ("steps", option)
+            if key not in ("steps", "rtol", "atol", "max_steps"):
+                raise SolverError(f"unknown solve option {key!r} in {text!r}")
+            try:
+                kwargs[key] = float(value) if key in ("rtol", "atol") else int(value)
+            except ValueError:
+                raise SolverError(f"cannot parse solve {text!r}; expected NAME[:STEPS] or NAME:rtol=R:atol=A") from None
+        return cls(name, **kwargs)
+
+    def __str__(self) -> str:
+        if self.adaptive:
+            return f"{self.solver}:rtol={self.rtol:g}:atol={self.atol:g}"
+        return self.solver if self.steps is None else f"{self.solver}:{self.steps}"
+
+
+SolvePlan = tuple[Solve, ...]
+
+
+def plan_solves(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | None = None) -> SolvePlan:
+    """One resolved `Solve` per segment.
+
+    None runs the training discretisation (Euler at each segment's step count);
+    a single solve applies to every segment; a sequence gives one per segment.
+    A fixed solve without a step count takes the segment's training steps.
+    """
+    if solve is None:
+        solve = Solve()
+    if isinstance(solve, (Solve, str)):
+        solves = [solve] * len(depth)
+    else:
+        solves = list(solve)
+        if len(solves) != len(depth):
+            raise SolverError(f"{len(solves)} solves given for a depth plan of {len(depth)} segments")
+    resolved = []
+    for segment, item in zip(depth, solves):
+        item = Solve.parse(item) if isinstance(item, str) else item
+        if not isinstance(item, Solve):
+            raise SolverError(f"expected a Solve or a string, got {item!r}")
+        if item.steps is None and not item.adaptive:
+            item = dataclasses.replace(item, steps=segment.steps)
+        resolved.append(item)
+    return tuple(resolved)
+
+
+def parse_plan(text: str) -> list[Solve]:
+    """Parses comma-separated solves, one per segment (`rk4:2,euler:1`)."""
+    return [Solve.parse(part) for part in text.split(",")]
