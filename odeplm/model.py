@@ -64,7 +64,9 @@ class Encoder(nnx.Module):
         h = self.embeddings(tokens, token_types, keys[0])
         nfe, ok = jnp.zeros((), jnp.int32), jnp.ones((), bool)
         for block, segment, solve, segment_key in zip(self.blocks, config.depth, solves, keys[1:]):
-            h, segment_nfe, segment_ok = integrate(block, h, mask, span=segment.span, solve=solve, key=segment_key)
+            h, segment_nfe, segment_ok = integrate(
+                block, h, mask, span=segment.span, solve=solve, key=segment_key, padding_mask=padding_mask
+            )
             nfe, ok = nfe + segment_nfe, ok & segment_ok
         if self.final_norm is not None:
             h = self.final_norm(h)

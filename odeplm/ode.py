@@ -28,6 +28,13 @@ def vector_field(t, h, args):
 TERM = diffrax.ODETerm(vector_field)
 
 
+def real_token_rms(weights: Float[Array, "batch seq 1"], error: Float[Array, "batch seq width"]) -> Float[Array, ""]:
+    """RMS of the scaled local error over real tokens only, so that the content of
+    padding cannot steer adaptive step sizes (and through them real outputs)."""
+    squares = jnp.sum(jnp.square(error.astype(jnp.float32)) * weights)
+    return jnp.sqrt(squares / jnp.maximum(jnp.sum(weights) * error.shape[-1], 1.0))
+
+
 def integrate(
     block: Block,
     h: Float[Array, "batch seq width"],
@@ -36,6 +43,7 @@ def integrate(
     span: float,
     solve: Solve,
     key: PRNGKeyArray | None = None,
+    padding_mask: Bool[Array, "batch seq"] | None = None,
 ) -> tuple[Float[Array, "batch seq width"], Int[Array, ""], Bool[Array, ""]]:
     """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success).
 
@@ -49,7 +57,9 @@ def integrate(
     """
     if solve.adaptive:
         dt0 = span
-        controller = diffrax.PIDController(rtol=solve.rtol, atol=solve.atol)
+        weights = jnp.ones(h.shape[:2], jnp.float32) if padding_mask is None else padding_mask.astype(jnp.float32)
+        norm = jax.tree_util.Partial(real_token_rms, weights[..., None])
+        controller = diffrax.PIDController(rtol=solve.rtol, atol=solve.atol, norm=norm)
         max_steps = solve.max_steps
         adjoint = diffrax.RecursiveCheckpointAdjoint()
     else:
