@@ -23,3 +23,23 @@ def tiny_model(seed: int = 0, **overrides) -> odeplm.LanguageModel:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> str:
+    """The bundled corpus built once per session (TFDS array_record)."""
+    from odeplm.data.corpus import text_source
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    for split in ("train", "validation"):
+        text_source("shakespeare", split, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpus_dir):
+    from odeplm.data.corpus import text_source
+    from odeplm.data.tokenizer import Tokenizer
+
+    texts = text_source("shakespeare", "train", corpus_dir)
+    return Tokenizer.train((texts[i] for i in range(len(texts))), 512)

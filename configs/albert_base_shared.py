@@ -1,0 +1,20 @@
+"""ALBERT-base shaped masked LM (accelerator-sized): Post-LN, factorised
+embeddings (128 -> 768), one block shared over 12 steps, random step counts.
+
+    python -m train.pretrain --config configs/albert_base_shared.py --workdir gs://bucket/albert \\
+        --config.data.dataset=wikipedia/20230601.en --config.mesh.fsdp=4
+"""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.update(vocab_size=30000, width=768, heads=12, mlp_width=3072, max_length=512, embedding_size=128,
+                        type_vocab_size=2, norm="post", objective="masked", depth="12", layer_norm_eps=1e-12,
+                        dtype="bfloat16")
+    config.train.update(steps=125_000, batch_size=4096, learning_rate=1.76e-3, warmup_steps=3125,
+                        log_every=100, eval_batches=32, step_counts="3,4,6,12", step_weights="1,1,1,2")
+    config.checkpoint.update(every=5000, keep=3)
+    config.eval.solves = "euler,euler:6,euler:4,euler:3,midpoint:3,rk4:2,bosh3:2"
+    return config

@@ -1,0 +1,19 @@
+"""GPT-2-small shaped causal LM (accelerator-sized): Pre-LN, one block shared
+over 12 steps, random step counts.
+
+    python -m train.pretrain --config configs/gpt2_small_shared.py --workdir gs://bucket/gpt2 \\
+        --config.data.dataset=c4/en --config.mesh.fsdp=8
+"""
+
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.model.update(vocab_size=32000, width=768, heads=12, mlp_width=3072, max_length=1024, embedding_size=768,
+                        norm="pre", objective="causal", depth="12", dtype="bfloat16")
+    config.train.update(steps=100_000, batch_size=512, learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1,
+                        log_every=100, eval_batches=32, step_counts="3,4,6,12", step_weights="1,1,1,2")
+    config.checkpoint.update(every=5000, keep=3)
+    config.eval.solves = "euler,euler:6,euler:4,euler:3,midpoint:3,rk4:2,bosh3:2"
+    return config

@@ -1,0 +1,106 @@
+"""Orbax checkpoints of a training run: state (parameters, optimizer, step),
+config and tokenizer, saved asynchronously every k steps with the last n kept.
+
+Restoring targets an abstract state carrying the current mesh's shardings, so a
+run saved on 8 devices resumes on 1 and the reverse. A newest checkpoint that
+fails to restore is skipped with a warning and moved aside (never deleted);
+a checkpoint whose model config differs from the requested one is refused with
+the differing fields named. Nothing is unpickled: arrays and JSON only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orbax.checkpoint as ocp
+
+from odeplm.data.tokenizer import Tokenizer
+
+ITEMS = ("state", "config", "tokenizer")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or does not fit the requested model."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True,
+            ),
+            item_names=ITEMS,
+        )
+
+    def save(self, step: int, state, config: dict, tokenizer: Tokenizer, *, force: bool = False) -> bool:
+        return self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                config=ocp.args.JsonSave(config),
+                tokenizer=ocp.args.JsonSave(tokenizer.to_json()),
+            ),
+            force=force,
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def read_config(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def restore(self, abstract_state, *, model_config: dict | None = None, step: int | None = None):
+        """(state, config, tokenizer, step) of the newest readable checkpoint (or `step`).
+
+        `model_config`, when given, must equal the saved model config.
+        """
+        candidates = [step] if step is not None else self.steps()[::-1]
+        if not candidates:
+            raise CheckpointError(f"no checkpoint under {self.directory}")
+        for candidate in candidates:
+            try:
+                config = self.read_config(candidate)
+            except Exception as error:  # orbax raises many types for damaged files
+                self._set_aside(candidate, error, explicit=step is not None)
+                continue
+            if model_config is not None and config.get("model") != model_config:
+                saved = config.get("model", {})
+                fields = sorted(k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k))
+                raise CheckpointError(
+                    f"checkpoint {candidate} under {self.directory} holds a different model: fields {fields} differ "
+                    f"(saved {[saved.get(k) for k in fields]}, requested {[model_config.get(k) for k in fields]})"
+                )
+            try:
+                restored = self.manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state),
+                        config=ocp.args.JsonRestore(),
+                        tokenizer=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as error:
+                self._set_aside(candidate, error, explicit=step is not None)
+                continue
+            return restored["state"], restored["config"], Tokenizer.from_json(restored["tokenizer"]), candidate
+        raise CheckpointError(f"no readable checkpoint under {self.directory}")
+
+    def _set_aside(self, step: int, error: Exception, *, explicit: bool):
+        if explicit:
+            raise CheckpointError(f"checkpoint {step} under {self.directory} cannot be read: {error}") from error
+        path = os.path.join(self.directory, str(step))
+        aside = f"{path}.unreadable"
+        logging.warning("checkpoint %d cannot be read (%s: %s); moved to %s, trying the previous one",
+                        step, type(error).__name__, error, aside)
+        if os.path.exists(path) and not os.path.exists(aside):
+            os.replace(path, aside)
+        self.manager.reload()
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.close()

@@ -1,0 +1,1 @@
+"""Data: TFDS corpora, the SentencePiece tokenizer, packing, masking and step-indexed batches."""

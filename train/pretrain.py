@@ -1,0 +1,48 @@
+"""Pre-trains a parameter-shared LM, then prints validation loss across solves.
+
+    python -m train.pretrain --config configs/demo.py --workdir runs/demo
+    python -m train.pretrain --config configs/tiny.py --workdir /tmp/t --config.model.width=64
+
+Multi-host: pass --coordinator_address/--num_processes/--process_id, or nothing
+on a TPU pod (jax.distributed discovers the topology).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+flags.DEFINE_string("workdir", None, "checkpoints, metrics and results go here")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs")
+flags.DEFINE_integer("num_processes", None, "number of processes in a multi-process run")
+flags.DEFINE_integer("process_id", None, "index of this process")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods)")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if FLAGS.coordinator_address or FLAGS.distributed:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from odeplm.report import validation_table
+    from odeplm.trainer import Trainer
+
+    trainer = Trainer(FLAGS.config, FLAGS.workdir)
+    summary = trainer.run()
+    if summary["preempted"]:
+        return
+    rows, table = validation_table(trainer, FLAGS.config.eval.solves)
+    if jax.process_index() == 0:
+        print(table)
+        with open(os.path.join(FLAGS.workdir, "validation.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
