@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from odeplm.data.tokenizer import Tokenizer
 
@@ -95,8 +97,10 @@ class Checkpointer:
         aside = f"{path}.unreadable"
         logging.warning("checkpoint %d cannot be read (%s: %s); moved to %s, trying the previous one",
                         step, type(error).__name__, error, aside)
-        if os.path.exists(path) and not os.path.exists(aside):
+        if jax.process_index() == 0 and os.path.exists(path) and not os.path.exists(aside):
             os.replace(path, aside)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"odeplm_set_aside_{step}")
         self.manager.reload()
 
     def wait(self):

@@ -9,18 +9,17 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from odeplm.data.pipeline import Batches
-from odeplm.objectives import weighted_cross_entropy
+from odeplm.objectives import batch_loss
 from odeplm.solvers import SolvePlan
 
 
 def _evaluate_batch(graphdef, params, batch, solves: SolvePlan):
-    model = nnx.merge(graphdef, params)
-    out = model(batch["tokens"], batch["padding_mask"], solve=solves)
-    total, weight, correct = weighted_cross_entropy(out.logits, batch["targets"], batch["weights"])
+    total, weight, correct, out = batch_loss(nnx.merge(graphdef, params), batch, solves=solves)
     return total, weight, correct, out.nfe, out.ok
 
 
@@ -32,7 +31,7 @@ def evaluate(graphdef, params, batches: Batches, solves: SolvePlan, num_batches:
     totals = np.zeros(3)
     nfe, ok, seconds = [], True, 0.0
     for step in range(num_batches):
-        batch = {k: jax.numpy.asarray(v) for k, v in batches.batch(step).items()}
+        batch = {k: jnp.asarray(v) for k, v in batches.batch(step).items()}
         if step == 0:  # compile outside the timing
             jax.block_until_ready(_evaluate_batch_jit(graphdef, params, batch, solves))
         start = time.perf_counter()

@@ -1,8 +1,15 @@
-"""The accuracy-versus-speed table printed after pre-training."""
+"""What pre-training prints at the end: the accuracy-versus-speed table and a
+look at the model's output (a sample, or masked-token predictions)."""
 
 from __future__ import annotations
 
+import numpy as np
+from flax import nnx
+
+from odeplm.data.tokenizer import MASK
 from odeplm.evaluate import evaluate
+from odeplm.model import forward
+from odeplm.sampling import sample
 from odeplm.solvers import parse_plan, plan_solves
 
 
@@ -23,3 +30,31 @@ def validation_table(trainer, solves: str) -> tuple[list[dict], str]:
                      f"{row['accuracy']:>10.3f}{row['seconds_per_batch'] * 1e3:>10.1f}"
                      f"{base['seconds_per_batch'] / row['seconds_per_batch']:>9.2f}x")
     return rows, "\n".join(lines)
+
+
+def fixed_nfe(depth, solve) -> int:
+    """Function evaluations of a fixed-step solve plan over the whole depth plan."""
+    return sum(s.info.nfe(s.steps) for s in plan_solves(depth, solve))
+
+
+def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
+    """Continuations of `prompt` sampled at temperature 0.7 (causal) or predictions for masked tokens of a
+    validation passage (masked), at the full depth and the cheapest listed solve."""
+    model = nnx.merge(trainer.graphdef, trainer.state["params"])
+    tokenizer = trainer.tokenizer
+    plans = parse_plan(solves)
+    fixed = [s for s in plans if not s.adaptive]
+    cheapest = min(fixed, key=lambda s: fixed_nfe(model.config.depth, s)) if fixed else plans[0]
+    lines = []
+    for solve in dict.fromkeys((plans[0], cheapest)):
+        if model.config.objective == "causal":
+            text = sample(model, tokenizer, prompt, max_new_tokens=48, solve=solve, temperature=0.7)
+            lines.append(f"--- sample at {solve}:\n{prompt}{text}")
+        else:
+            batch = trainer.validation_batches.batch(0)
+            tokens, targets, chosen = batch["tokens"][:1], batch["targets"][0], batch["weights"][0] > 0
+            predicted = np.asarray(forward(model, tokens, batch["padding_mask"][:1], solve=solve).logits[0].argmax(-1))
+            shown = [tokenizer.decode([t]) if not c else f"[{tokenizer.decode([p])}|{tokenizer.decode([t])}]"
+                     for t, p, c in zip(targets[:48], predicted[:48], chosen[:48])]
+            lines.append(f"--- masked predictions at {solve} ([predicted|original], {MASK=}):\n" + "".join(shown))
+    return "\n".join(lines)

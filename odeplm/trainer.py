@@ -32,10 +32,10 @@ from odeplm.data.pipeline import Batches, pack, token_stream
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul_peak
 from odeplm.model import LanguageModel
-from odeplm.objectives import weighted_cross_entropy
+from odeplm.objectives import batch_loss
 from odeplm.optim import learning_rate_schedule, make_optimizer
 from odeplm.recipe import Discretisation
-from odeplm.sharding import MeshError, global_batch, make_mesh, param_shardings, replicated
+from odeplm.sharding import MeshError, batch_sharding, global_batch, make_mesh, param_shardings, replicated
 
 log = logging.getLogger("odeplm")
 
@@ -105,8 +105,7 @@ def loss_and_grads(graphdef, params, batch, key, *, solves, accum: int, dropout:
 
     def summed_loss(params, micro_batch, key):
         model = nnx.merge(graphdef, params)
-        out = model(micro_batch["tokens"], micro_batch["padding_mask"], solve=solves, key=key if dropout else None)
-        total, weight, correct = weighted_cross_entropy(out.logits, micro_batch["targets"], micro_batch["weights"])
+        total, weight, correct, out = batch_loss(model, micro_batch, solves=solves, key=key if dropout else None)
         return total, (weight, correct, out.nfe)
 
     def accumulate(carry, inputs):
@@ -205,7 +204,6 @@ class Trainer:
     def step_function(self, steps: int | None):
         """The jitted training step for one drawn step count, compiled on first use."""
         if steps not in self._step_functions:
-            batch_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
             step = functools.partial(
                 train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
                 solves=self.settings.discretisation.solves(self.model_config.depth, steps),
@@ -213,7 +211,7 @@ class Trainer:
                 dropout=self.model_config.dropout > 0 or self.model_config.attention_dropout > 0,
             )
             self._step_functions[steps] = jax.jit(
-                step, in_shardings=(self.state_shardings, batch_sharding, replicated(self.mesh)),
+                step, in_shardings=(self.state_shardings, batch_sharding(self.mesh), replicated(self.mesh)),
                 out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0,
             )
         return self._step_functions[steps]
@@ -225,7 +223,7 @@ class Trainer:
         """Trains from the current step to `train.steps`; returns a summary."""
         settings = self.settings
         writer = MetricWriter(self.workdir)
-        peak = measure_matmul_peak()
+        peak = measure_matmul_peak() * jax.device_count()  # per-device peak times devices
         length = self.model_config.max_length
         tokens_per_step = settings.batch_size * length
         stop = {"requested": False}

@@ -13,7 +13,7 @@ import json
 import os
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
@@ -28,9 +28,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every save and read at INFO
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from odeplm.report import validation_table
+    from odeplm.report import show_outputs, validation_table
     from odeplm.trainer import Trainer
 
     trainer = Trainer(FLAGS.config, FLAGS.workdir)
@@ -40,6 +42,7 @@ def main(argv):
     rows, table = validation_table(trainer, FLAGS.config.eval.solves)
     if jax.process_index() == 0:
         print(table)
+        print(show_outputs(trainer, FLAGS.config.eval.solves))
         with open(os.path.join(FLAGS.workdir, "validation.json"), "w") as f:
             json.dump(rows, f, indent=2)
 
