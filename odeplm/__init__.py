@@ -12,17 +12,21 @@ from odeplm.config import (
     sandwich,
     unshared,
 )
+from odeplm.checkpoint import CheckpointError
 from odeplm.inputs import InputError, check_inputs
+from odeplm.loading import Loaded, load
 from odeplm.model import Encoder, LanguageModel, ModelOutput, SequenceClassifier, forward
 from odeplm.ode import integrate, vector_field
 from odeplm.solvers import RK4, SOLVERS, Solve, SolverError, parse_plan, plan_solves
 
 __all__ = [
     "Block",
+    "CheckpointError",
     "ConfigError",
     "Encoder",
     "InputError",
     "LanguageModel",
+    "Loaded",
     "ModelConfig",
     "ModelOutput",
     "RK4",
@@ -36,6 +40,7 @@ __all__ = [
     "forward",
     "fully_shared",
     "integrate",
+    "load",
     "parse_depth",
     "parse_plan",
     "partially_shared",

@@ -104,8 +104,8 @@ class MLP(nnx.Module):
         return self.down(self.activation(self.up(h)))
 
 
-class Block(nnx.Module):
-    """The layer map Phi: h -> Phi(h). Its vector field is Phi(h) - h (see `odeplm.ode`)."""
+class Layer(nnx.Module):
+    """One transformer layer, Pre-LN or Post-LN."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.norm = config.norm
@@ -127,6 +127,26 @@ class Block(nnx.Module):
             return self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[2]))
         h = h + dropout(self.attention(self.attention_norm(h), mask, keys[0]), self.rate, keys[1])
         return h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[2])
+
+
+class Block(nnx.Module):
+    """The layer map Phi: `config.inner_layers` distinct layers applied in turn
+    (one, except for ALBERT's inner groups). Its vector field is Phi(h) - h
+    (see `odeplm.ode`), so one Euler step of size 1 is the whole stack."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.inner_layers)])
+
+    def __call__(
+        self,
+        h: Float[Array, "batch seq width"],
+        mask: Bool[Array, "batch seq seq"],
+        key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "batch seq width"]:
+        keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
+        for layer, layer_key in zip(self.layers, keys):
+            h = layer(h, mask, layer_key)
+        return h
 
 
 def attention_mask(padding_mask: Bool[Array, "batch seq"], causal: bool) -> Bool[Array, "batch seq seq"]:

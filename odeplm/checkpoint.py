@@ -1,5 +1,7 @@
-"""Orbax checkpoints of a training run: state (parameters, optimizer, step),
-config and tokenizer, saved asynchronously every k steps with the last n kept.
+"""Orbax checkpoints: parameters, optimizer (state and step), config and
+tokenizer as separate items, saved asynchronously every k steps with the last n
+kept. Loading for inference reads parameters, config and tokenizer only, so a
+converted model (no optimizer, perhaps no tokenizer) loads the same way.
 
 Restoring targets an abstract state carrying the current mesh's shardings, so a
 run saved on 8 devices resumes on 1 and the reverse. A newest checkpoint that
@@ -19,7 +21,7 @@ from jax.experimental import multihost_utils
 
 from odeplm.data.tokenizer import Tokenizer
 
-ITEMS = ("state", "config", "tokenizer")
+ITEMS = ("params", "optimizer", "config", "tokenizer")
 
 
 class CheckpointError(ValueError):
@@ -27,26 +29,27 @@ class CheckpointError(ValueError):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True,
+                 create: bool = True):
         self.directory = os.path.abspath(directory)
+        if not create and not os.path.isdir(self.directory):
+            raise CheckpointError(f"no checkpoint directory {self.directory}")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=True,
+                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=create,
             ),
             item_names=ITEMS,
         )
 
-    def save(self, step: int, state, config: dict, tokenizer: Tokenizer, *, force: bool = False) -> bool:
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                config=ocp.args.JsonSave(config),
-                tokenizer=ocp.args.JsonSave(tokenizer.to_json()),
-            ),
-            force=force,
-        )
+    def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: Tokenizer | None = None,
+             force: bool = False) -> bool:
+        items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config)}
+        if optimizer is not None:
+            items["optimizer"] = ocp.args.StandardSave(optimizer)
+        if tokenizer is not None:
+            items["tokenizer"] = ocp.args.JsonSave(tokenizer.to_json())
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -54,8 +57,10 @@ class Checkpointer:
     def read_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-    def restore(self, abstract_state, *, model_config: dict | None = None, step: int | None = None):
-        """(state, config, tokenizer, step) of the newest readable checkpoint (or `step`).
+    def restore(self, abstract_params, *, abstract_optimizer=None, model_config: dict | None = None,
+                step: int | None = None) -> dict:
+        """Items of the newest readable checkpoint (or `step`): params, config, tokenizer
+        (None if not saved), step, and optimizer when `abstract_optimizer` is given.
 
         `model_config`, when given, must equal the saved model config.
         """
@@ -75,19 +80,20 @@ class Checkpointer:
                     f"checkpoint {candidate} under {self.directory} holds a different model: fields {fields} differ "
                     f"(saved {[saved.get(k) for k in fields]}, requested {[model_config.get(k) for k in fields]})"
                 )
+            saved_items = set(os.listdir(os.path.join(self.directory, str(candidate))))
+            items = {"params": ocp.args.StandardRestore(abstract_params)}
+            if abstract_optimizer is not None:
+                items["optimizer"] = ocp.args.StandardRestore(abstract_optimizer)
+            if "tokenizer" in saved_items:
+                items["tokenizer"] = ocp.args.JsonRestore()
             try:
-                restored = self.manager.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state),
-                        config=ocp.args.JsonRestore(),
-                        tokenizer=ocp.args.JsonRestore(),
-                    ),
-                )
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(**items))
             except Exception as error:
                 self._set_aside(candidate, error, explicit=step is not None)
                 continue
-            return restored["state"], restored["config"], Tokenizer.from_json(restored["tokenizer"]), candidate
+            tokenizer = Tokenizer.from_json(restored["tokenizer"]) if "tokenizer" in items else None
+            return {"params": restored["params"], "optimizer": restored.get("optimizer") if abstract_optimizer
+                    is not None else None, "config": config, "tokenizer": tokenizer, "step": candidate}
         raise CheckpointError(f"no readable checkpoint under {self.directory}")
 
     def _set_aside(self, step: int, error: Exception, *, explicit: bool):

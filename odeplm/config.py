@@ -113,7 +113,9 @@ class ModelConfig:
     """A parameter-shared transformer language model.
 
     `embedding_size` smaller than `width` gives ALBERT's factorised embeddings
-    with a projection; `norm="post"` with `activation="gelu_new"` is ALBERT's
+    with a projection (`project_embeddings` defaults to "when the sizes differ";
+    ALBERT projects even when they are equal). `inner_layers` distinct layers
+    make up one block (ALBERT's `inner_group_num`). `norm="post"` with `activation="gelu_new"` is ALBERT's
     layer, `norm="pre"` the GPT layer. `depth` is the depth plan (a tuple of
     segments, or a string for `parse_depth`).
     """
@@ -124,6 +126,7 @@ class ModelConfig:
     mlp_width: int = 512
     max_length: int = 128
     embedding_size: int | None = None
+    project_embeddings: bool | None = None
     type_vocab_size: int = 0
     norm: str = "pre"
     activation: str = "gelu_new"
@@ -131,6 +134,7 @@ class ModelConfig:
     attention_dropout: float = 0.0
     objective: str = "causal"
     depth: DepthPlan | str = "6"
+    inner_layers: int = 1
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"
@@ -140,9 +144,17 @@ class ModelConfig:
         for name in ("vocab_size", "width", "heads", "mlp_width", "max_length"):
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("type_vocab_size", self.type_vocab_size, minimum=0)
+        _require_int("inner_layers", self.inner_layers, minimum=1)
         if self.embedding_size is None:
             object.__setattr__(self, "embedding_size", self.width)
         _require_int("embedding_size", self.embedding_size, minimum=1)
+        if self.project_embeddings is None:
+            object.__setattr__(self, "project_embeddings", self.embedding_size != self.width)
+        if not isinstance(self.project_embeddings, bool):
+            raise ConfigError("project_embeddings", f"must be a boolean, got {self.project_embeddings!r}")
+        if self.embedding_size != self.width and not self.project_embeddings:
+            raise ConfigError("project_embeddings", f"embedding_size {self.embedding_size} differs from width "
+                                                    f"{self.width}, so embeddings need a projection")
         if self.width % self.heads:
             raise ConfigError("heads", f"width {self.width} is not divisible by {self.heads} heads")
         for name, choices in _CHOICES.items():

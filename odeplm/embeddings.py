@@ -37,7 +37,7 @@ class Embeddings(nnx.Module):
         self.norm = layer_norm(config, config.embedding_size, rngs) if config.norm == "post" else None
         self.projection = (
             dense(config, config.embedding_size, config.width, ("embed", "heads"), rngs)
-            if config.embedding_size != config.width
+            if config.project_embeddings
             else None
         )
 

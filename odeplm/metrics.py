@@ -42,8 +42,8 @@ def forward_flops_per_token(config: ModelConfig, nfe: int, length: int) -> float
     """Matmul FLOPs per token of one forward pass: NFE block evaluations
     (projections, MLP, attention scores and values) plus embeddings and head."""
     width, mlp = config.width, config.mlp_width
-    block = 2 * (4 * width * width + 2 * width * mlp) + 2 * 2 * length * width
-    embed = 2 * config.embedding_size * width if config.embedding_size != width else 0
+    block = config.inner_layers * (2 * (4 * width * width + 2 * width * mlp) + 2 * 2 * length * width)
+    embed = 2 * config.embedding_size * width if config.project_embeddings else 0
     head = 2 * config.embedding_size * config.vocab_size + (2 * width * config.embedding_size if embed or
                                                             config.objective == "masked" else 0)
     return nfe * block + embed + head

@@ -173,9 +173,12 @@ class Trainer:
 
     def _restore_or_init(self, abstract):
         if self.checkpointer.steps():
-            state, _, tokenizer, step = self.checkpointer.restore(abstract, model_config=self.model_config.to_dict())
-            log.warning("resumed from step %d", step)
-            return state, tokenizer, step
+            restored = self.checkpointer.restore(
+                abstract["params"], abstract_optimizer={k: abstract[k] for k in ("step", "opt_state")},
+                model_config=self.model_config.to_dict())
+            log.warning("resumed from step %d", restored["step"])
+            state = {"params": restored["params"], **restored["optimizer"]}
+            return state, restored["tokenizer"], restored["step"]
         texts = text_source(self.settings.dataset, "train", self.settings.data_dir)
         try:
             tokenizer = Tokenizer.train((texts[i] for i in range(len(texts))), self.model_config.vocab_size)
@@ -253,7 +256,9 @@ class Trainer:
                     pending.clear()
                     window_start, window_steps = time.perf_counter(), 0
                 if save_now:
-                    self.checkpointer.save(step, self.state, self.save_config(), self.tokenizer, force=True)
+                    self.checkpointer.save(
+                        step, params=self.state["params"], config=self.save_config(), tokenizer=self.tokenizer,
+                        optimizer={k: self.state[k] for k in ("step", "opt_state")}, force=True)
                     last_good = step
                 if stop_now:
                     log.warning("SIGTERM: saved step %d and stopping", step)

@@ -15,6 +15,8 @@ from odeplm import ConfigError, ModelConfig, Segment
         ("max_length", 0),
         ("embedding_size", 0),
         ("type_vocab_size", -1),
+        ("inner_layers", 0),
+        ("project_embeddings", "yes"),
         ("norm", "sandwich"),
         ("activation", "swish"),
         ("objective", "seq2seq"),

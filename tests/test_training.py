@@ -184,7 +184,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, corpu
 def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_dir, tmp_path, caplog):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained, workdir)
-    state_dir = os.path.join(workdir, "checkpoints", "40", "state")
+    state_dir = os.path.join(workdir, "checkpoints", "40", "params")
     for folder, _, files in os.walk(state_dir):
         for name in files:
             with open(os.path.join(folder, name), "wb") as f:
@@ -198,7 +198,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_
 
 
 def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_dir):
-    with pytest.raises(CheckpointError, match=r"different model: fields \['mlp_width', 'width'\] differ"):
+    fields = r"\['mlp_width', 'project_embeddings', 'width'\]"
+    with pytest.raises(CheckpointError, match=rf"different model: fields {fields} differ"):
         Trainer(tiny_config(corpus_dir, model=dict(width=64, mlp_width=128)), trained)
     assert sorted(int(d) for d in os.listdir(os.path.join(trained, "checkpoints")) if d.isdigit()) == [20, 40]
 
@@ -233,3 +234,42 @@ def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
         trainer.checkpointer.close()
         losses.append(logged_losses(tmp_path / str(accum)))
     assert_same_losses(losses[1], losses[0], range(1, 4), rtol=1e-5)
+
+
+def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpus_dir):
+    from flax import nnx
+
+    import odeplm
+
+    trainer = Trainer(tiny_config(corpus_dir), trained)
+    trainer.checkpointer.close()
+    for path in (trained, os.path.join(trained, "checkpoints"), os.path.join(trained, "checkpoints", "40")):
+        loaded = odeplm.load(path)
+        assert loaded.step == 40 and loaded.config["model"] == trainer.model_config.to_dict()
+        for a, b in zip(jax.tree.leaves(nnx.to_pure_dict(nnx.state(loaded.model))),
+                        jax.tree.leaves(trainer.state["params"])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert loaded.tokenizer.fingerprint == trainer.tokenizer.fingerprint
+    assert odeplm.load(trained, step=20).step == 20
+
+
+def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
+    import odeplm
+
+    with pytest.raises(odeplm.CheckpointError, match="no checkpoint directory"):
+        odeplm.load(str(tmp_path / "nowhere"))
+    assert not (tmp_path / "nowhere").exists()  # loading creates nothing
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(odeplm.CheckpointError, match="no checkpoint under"):
+        odeplm.load(str(tmp_path / "empty"))
+    with pytest.raises(odeplm.CheckpointError, match=r"no checkpoint 30 under .*steps: \[20, 40\]"):
+        odeplm.load(trained, step=30)
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    metadata = copy / "checkpoints" / "40" / "config" / "metadata"
+    config = json.loads(metadata.read_text())
+    config["model"].update(width=64, mlp_width=128, embedding_size=64, project_embeddings=False)  # valid, wrong shapes
+    metadata.write_text(json.dumps(config))
+    with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
+        odeplm.load(str(copy), step=40)
+    assert (copy / "checkpoints" / "40").is_dir()  # an explicit step is never moved aside
