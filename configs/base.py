@@ -11,7 +11,8 @@ def get_config() -> ConfigDict:
     config.seed = 0
     config.model = ConfigDict(dict(
         vocab_size=2048, width=256, heads=4, mlp_width=1024, max_length=128, embedding_size=256,
-        project_embeddings=None, type_vocab_size=0, norm="pre", activation="gelu_new", dropout=0.0, attention_dropout=0.0,
+        project_embeddings=None, type_vocab_size=0, norm="pre", activation="gelu_new",
+        dropout=0.0, attention_dropout=0.0,
         objective="causal", depth="6", inner_layers=1, layer_norm_eps=1e-5, initializer_range=0.02,
         dtype="float32", param_dtype="float32",
     ))

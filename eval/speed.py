@@ -95,7 +95,8 @@ def main(argv):
         out = compiled.run()
         timing = model_times[text]
         rows.append({"solve": text, "nfe": int(out.nfe), "ok": bool(out.ok), **timing._asdict()})
-        print(f"{text:<28}{int(out.nfe):>5}{timing.latency_s * 1e3:>12.1f}{timing.spread:>8.2f}{timing.compile_s:>11.2f}")
+        print(f"{text:<28}{int(out.nfe):>5}{timing.latency_s * 1e3:>12.1f}{timing.spread:>8.2f}"
+              f"{timing.compile_s:>11.2f}")
 
     scaling = [
         {

@@ -25,7 +25,9 @@ def logical(initializer, axes: tuple[str | None, ...]):
     return nnx.with_partitioning(initializer, axes, eager_sharding=False)
 
 
-def dense(config: ModelConfig, features_in: int, features_out: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Linear:
+def dense(
+    config: ModelConfig, features_in: int, features_out: int, axes: tuple[str | None, str | None], rngs: nnx.Rngs
+) -> nnx.Linear:
     """A biased linear layer initialised as in BERT/ALBERT (normal, std 0.02)."""
     return nnx.Linear(
         features_in,

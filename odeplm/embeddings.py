@@ -8,7 +8,6 @@ models normalise the summed embeddings (ALBERT, BERT); Pre-LN models do not
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
@@ -33,7 +32,9 @@ class Embeddings(nnx.Module):
         self.rate = config.dropout
         self.word = embed(config, config.vocab_size, ("vocab", "embed"), rngs)
         self.position = embed(config, config.max_length, (None, "embed"), rngs)
-        self.token_type = embed(config, config.type_vocab_size, (None, "embed"), rngs) if config.type_vocab_size else None
+        self.token_type = (
+            embed(config, config.type_vocab_size, (None, "embed"), rngs) if config.type_vocab_size else None
+        )
         self.norm = layer_norm(config, config.embedding_size, rngs) if config.norm == "post" else None
         self.projection = (
             dense(config, config.embedding_size, config.width, ("embed", "heads"), rngs)

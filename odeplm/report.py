@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
-from odeplm.data.tokenizer import MASK
 from odeplm.evaluate import evaluate
 from odeplm.model import forward
 from odeplm.sampling import sample
@@ -56,5 +55,5 @@ def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
             predicted = np.asarray(forward(model, tokens, batch["padding_mask"][:1], solve=solve).logits[0].argmax(-1))
             shown = [tokenizer.decode([t]) if not c else f"[{tokenizer.decode([p])}|{tokenizer.decode([t])}]"
                      for t, p, c in zip(targets[:48], predicted[:48], chosen[:48])]
-            lines.append(f"--- masked predictions at {solve} ([predicted|original], {MASK=}):\n" + "".join(shown))
+            lines.append(f"--- masked predictions at {solve} ([predicted|original]):\n" + "".join(shown))
     return "\n".join(lines)

@@ -82,7 +82,8 @@ class Solve:
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise SolverError(f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps <= 0):
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps <= 0):
             raise SolverError(f"steps must be a positive integer, got {self.steps!r}")
         if (self.rtol is None) != (self.atol is None):
             raise SolverError("adaptive solves need both rtol and atol")

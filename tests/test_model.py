@@ -52,7 +52,9 @@ def test_causal_outputs_do_not_see_later_tokens(solve, rng):
     assert np.abs(before[:, 7:] - after[:, 7:]).max() > 1e-4
 
 
-@pytest.mark.parametrize("solve", ["euler", "euler:2", "rk4:2", "bosh3:rtol=1e-2:atol=1e-2", "tsit5:rtol=1e-3:atol=1e-3"])
+@pytest.mark.parametrize(
+    "solve", ["euler", "euler:2", "rk4:2", "bosh3:rtol=1e-2:atol=1e-2", "tsit5:rtol=1e-3:atol=1e-3"]
+)
 def test_masked_outputs_at_real_tokens_ignore_pad_content(solve, rng):
     """Exactly: masked keys contribute exact zeros, and adaptive step sizes see
     only real tokens."""

@@ -5,7 +5,6 @@ Runs that need their own device count or process are real subprocesses of
 `python -m train.pretrain`; the rest drive `Trainer` in this process.
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -273,3 +272,23 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
     with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
         odeplm.load(str(copy), step=40)
     assert (copy / "checkpoints" / "40").is_dir()  # an explicit step is never moved aside
+
+
+def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
+    from odeplm.report import show_outputs, validation_table
+
+    config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
+                         train=dict(log_every=1, step_counts="2,4"))
+    trainer = Trainer(config, str(tmp_path))
+    trainer.run()
+    trainer.checkpointer.close()
+    losses = logged_losses(tmp_path)
+    assert np.mean([losses[s] for s in range(36, 41)]) < np.mean([losses[s] for s in range(1, 4)]) - 0.8
+    rows, table = validation_table(trainer, "euler,euler:2,rk4:1")
+    assert [r["solve"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
+    assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows) and "masked LM" in table
+    assert "masked predictions at euler" in show_outputs(trainer, "euler,euler:1")
+
+    causal = Trainer(tiny_config(corpus_dir), trained)
+    causal.checkpointer.close()
+    assert show_outputs(causal, "euler,euler:1", prompt="ROMEO.\n").count("--- sample at") == 2
