@@ -81,19 +81,29 @@ class Attention(nnx.Module):
         mask: Bool[Array, "batch seq seq"],
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "batch seq width"]:
-        config = self.config
+        return self._attend(*self._project(h), mask, key)
+
+    def cached(self, h, mask: Bool[Array, "batch seq slots"], cache: tuple[Array, Array], index):
+        """Attention of `h` (written at cache slots index..) over every cached slot the
+        mask allows; returns the output and the updated (keys, values) cache."""
+        q, k, v = self._project(h)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, axis=1)
+        return self._attend(q, keys, values, mask, None), (keys, values)
+
+    def _project(self, h):
         batch, length, _ = h.shape
+        shape = (batch, length, self.config.heads, self.config.head_dim)
+        return tuple(layer(h).reshape(shape) for layer in (self.query, self.key, self.value))
 
-        def split_heads(x):
-            return x.reshape(batch, length, config.heads, config.head_dim)
-
-        q, k, v = (split_heads(layer(h)) for layer in (self.query, self.key, self.value))
+    def _attend(self, q, k, v, mask, key):
+        config = self.config
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(config.head_dim).astype(q.dtype)
         softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)
         logits = jnp.where(mask[:, None], logits.astype(softmax_dtype), jnp.finfo(softmax_dtype).min)
         weights = dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), config.attention_dropout, key)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, config.width)
-        return self.output(context)
+        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        return self.output(context.reshape(q.shape[0], q.shape[1], config.width))
 
 
 class MLP(nnx.Module):
@@ -124,11 +134,25 @@ class Layer(nnx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "batch seq width"]:
         keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
+        return self._residual(h, lambda x: self.attention(x, mask, keys[0]), keys[1:])
+
+    def cached(self, h, mask, cache, index):
+        """The layer with attention over a key/value cache (see `Attention.cached`)."""
+        updated = []
+
+        def attend(x):
+            out, new_cache = self.attention.cached(x, mask, cache, index)
+            updated.append(new_cache)
+            return out
+
+        return self._residual(h, attend, (None, None)), updated[0]
+
+    def _residual(self, h, attend, keys):
         if self.norm == "post":
-            h = self.attention_norm(h + dropout(self.attention(h, mask, keys[0]), self.rate, keys[1]))
-            return self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[2]))
-        h = h + dropout(self.attention(self.attention_norm(h), mask, keys[0]), self.rate, keys[1])
-        return h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[2])
+            h = self.attention_norm(h + dropout(attend(h), self.rate, keys[0]))
+            return self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[1]))
+        h = h + dropout(attend(self.attention_norm(h)), self.rate, keys[0])
+        return h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[1])
 
 
 class Block(nnx.Module):
@@ -149,6 +173,16 @@ class Block(nnx.Module):
         for layer, layer_key in zip(self.layers, keys):
             h = layer(h, mask, layer_key)
         return h
+
+    def cached(self, h, mask, cache: tuple[Array, Array], index):
+        """Phi with attention over a cache holding [inner_layers, batch, slots, heads, head_dim]
+        keys and values; returns Phi(h) and the updated cache."""
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            h, (k, v) = layer.cached(h, mask, (cache[0][i], cache[1][i]), index)
+            keys.append(k)
+            values.append(v)
+        return h, (jnp.stack(keys), jnp.stack(values))
 
 
 def attention_mask(padding_mask: Bool[Array, "batch seq"], causal: bool) -> Bool[Array, "batch seq seq"]:

@@ -19,9 +19,18 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from odeplm.config import ModelConfig
 from odeplm.data.tokenizer import Tokenizer
 
 ITEMS = ("params", "optimizer", "config", "tokenizer")
+
+
+def _normalised(model: dict) -> dict:
+    """A saved model config with defaults filled in for fields added after it was written."""
+    try:
+        return ModelConfig.from_dict(model).to_dict()
+    except ValueError:
+        return model
 
 
 class CheckpointError(ValueError):
@@ -73,8 +82,8 @@ class Checkpointer:
             except Exception as error:  # orbax raises many types for damaged files
                 self._set_aside(candidate, error, explicit=step is not None)
                 continue
-            if model_config is not None and config.get("model") != model_config:
-                saved = config.get("model", {})
+            saved = _normalised(config.get("model", {}))
+            if model_config is not None and saved != model_config:
                 fields = sorted(k for k in set(saved) | set(model_config) if saved.get(k) != model_config.get(k))
                 raise CheckpointError(
                     f"checkpoint {candidate} under {self.directory} holds a different model: fields {fields} differ "

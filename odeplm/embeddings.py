@@ -47,8 +47,10 @@ class Embeddings(nnx.Module):
         tokens: Int[Array, "batch seq"],
         token_types: Int[Array, "batch seq"] | None = None,
         key: PRNGKeyArray | None = None,
+        positions: Int[Array, "batch seq"] | None = None,
     ) -> Float[Array, "batch seq width"]:
-        x = self.word(tokens) + self.position(jnp.arange(tokens.shape[-1]))[None]
+        x = self.word(tokens) + (self.position(jnp.arange(tokens.shape[-1]))[None] if positions is None
+                                 else self.position(positions))
         if self.token_type is not None:
             x = x + self.token_type(jnp.zeros_like(tokens) if token_types is None else token_types)
         if self.norm is not None:

@@ -18,13 +18,12 @@ def _next_logits(model, buffer, length, solves: SolvePlan):
     return logits[0, length - 1]
 
 
-def sample(model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 64, solve=None,
-           temperature: float = 0.0, seed: int = 0) -> str:
-    """Continues `prompt`: greedy at temperature 0, else sampled with `seed`."""
+def sample_ids(model, ids: list[int], *, max_new_tokens: int, solve=None, temperature: float = 0.0,
+               seed: int = 0) -> list[int]:
+    """Continues token ids: greedy at temperature 0, else sampled with `seed`; stops at EOS."""
     config = model.config
     if config.objective != "causal":
         raise ValueError("sampling needs a causal model")
-    ids = tokenizer.encode(prompt)
     if not ids or len(ids) >= config.max_length:
         raise ValueError(f"prompt must give 1 to {config.max_length - 1} tokens, got {len(ids)}")
     solves = plan_solves(config.depth, solve)
@@ -42,4 +41,12 @@ def sample(model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 64
             break
         buffer[0, length] = token
         length += 1
-    return tokenizer.decode(buffer[0, len(ids) : length])
+    return buffer[0, len(ids) : length].tolist()
+
+
+def sample(model, tokenizer: Tokenizer, prompt: str, *, max_new_tokens: int = 64, solve=None,
+           temperature: float = 0.0, seed: int = 0) -> str:
+    """Continues `prompt` as text (see `sample_ids`)."""
+    ids = sample_ids(model, tokenizer.encode(prompt), max_new_tokens=max_new_tokens, solve=solve,
+                     temperature=temperature, seed=seed)
+    return tokenizer.decode(ids)

@@ -1,0 +1,75 @@
+"""Cached generation against recomputing the whole sequence with the diffrax solve."""
+
+import numpy as np
+import pytest
+
+from odeplm.generate import Sampling, generate
+from odeplm.sampling import sample_ids
+from odeplm.solvers import SolverError
+from tests.conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(objective="causal", norm="pre", depth="2x2", max_length=48, initializer_range=0.2)
+
+
+@pytest.mark.parametrize("solve", ["euler", "euler:1", "midpoint:2", "rk4:1"])
+def test_greedy_cached_generation_equals_recomputation(model, solve):
+    prompt = [7, 21, 3 + 2, 40, 11]
+    expected = sample_ids(model, prompt, max_new_tokens=20, solve=solve)
+    (cached,) = generate(model, [prompt], max_new_tokens=20, solve=solve, end_token=None)
+    assert len(cached) == 20
+    assert cached[: len(expected)] == expected
+
+
+def test_batched_prompts_of_different_lengths_decode_as_each_alone(model):
+    prompts = [[9, 8, 7, 6, 5, 4, 3 + 10], [30], [12, 40, 41]]
+    batched = generate(model, prompts, max_new_tokens=12, solve="midpoint:2", end_token=None)
+    alone = [generate(model, [p], max_new_tokens=12, solve="midpoint:2", end_token=None)[0] for p in prompts]
+    assert batched == alone
+
+
+def test_sampling_follows_the_seed_and_stops_at_the_end_token(model):
+    sampling = Sampling(temperature=1.0, top_k=8, top_p=0.9)
+    a, b, c = (generate(model, [[5, 6, 7]] * 2, max_new_tokens=10, sampling=sampling, seed=s, end_token=None)
+               for s in (0, 0, 1))
+    assert a == b and a != c
+    greedy = generate(model, [[5, 6, 7]], max_new_tokens=10, end_token=None)[0]
+    stopped = generate(model, [[5, 6, 7]], max_new_tokens=10, end_token=greedy[3])[0]
+    assert stopped == greedy[: greedy.index(greedy[3])]
+
+
+def test_bad_generation_requests_are_refused(model):
+    with pytest.raises(SolverError, match="fixed evaluation schedule"):
+        generate(model, [[5]], max_new_tokens=2, solve="tsit5:rtol=1e-3:atol=1e-3")
+    with pytest.raises(ValueError, match="exceeds max_length 48"):
+        generate(model, [[5] * 40], max_new_tokens=9)
+    with pytest.raises(ValueError, match=r"ids must lie in \[0, 64\)"):
+        generate(model, [[64]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, [[]], max_new_tokens=2)
+
+
+@pytest.mark.parametrize("solve", ["euler", "midpoint:2", "bosh3:1", "rk4:1"])
+def test_cached_logits_match_recomputation_at_every_position(model, solve):
+    import jax.numpy as jnp
+
+    from odeplm.generate import _run_jit, empty_cache
+    from odeplm.sampling import _next_logits
+    from odeplm.solvers import plan_solves
+
+    solves = plan_solves(model.config.depth, solve)
+    sequence = np.random.default_rng(0).integers(5, 64, 16).astype(np.int32)
+    buffer = np.zeros((1, 48), np.int32)
+    buffer[0, :16] = sequence
+    valid = np.zeros((1, 48), bool)
+    valid[0, :4] = True
+    logits, caches = _run_jit(model, jnp.asarray(sequence[None, :4]), jnp.arange(4)[None], jnp.asarray(valid),
+                              empty_cache(model, solves, 1, 48), 0, solves)
+    for slot in range(4, 16):
+        expected = _next_logits(model, jnp.asarray(buffer), slot, solves)
+        np.testing.assert_allclose(logits[0], expected, atol=1e-4, rtol=1e-4)
+        valid[0, slot] = True
+        logits, caches = _run_jit(model, jnp.asarray(sequence[None, slot:slot + 1]), jnp.asarray([[slot]]),
+                                  jnp.asarray(valid), caches, slot, solves)
