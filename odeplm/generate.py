@@ -20,13 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from odeplm.data.tokenizer import EOS, PAD
-from odeplm.solvers import SolvePlan, SolverError, plan_solves
+from odeplm.inputs import check_inputs
+from odeplm.solvers import SOLVERS, SolvePlan, SolverError, plan_solves
 
 
 def tableau(solver: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
     """(a, b) of an explicit RK method: stage i reads stages j < i with weights a[i][j]."""
-    from odeplm.solvers import SOLVERS
-
     if solver == "euler":
         return ((),), (1.0,)
     table = SOLVERS[solver].make().tableau
@@ -133,10 +132,10 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None
     slots = width + max_new_tokens
     if slots > config.max_length:
         raise ValueError(f"prompt length {width} + {max_new_tokens} new tokens exceeds max_length {config.max_length}")
-    if min(min(p) for p in prompts) < 0 or max(max(p) for p in prompts) >= config.vocab_size:
-        raise ValueError(f"prompt token ids must lie in [0, {config.vocab_size})")
     pads = np.array([width - len(p) for p in prompts])
-    tokens = np.array([[PAD] * pad + list(p) for pad, p in zip(pads, prompts)], np.int32)
+    tokens = np.array([[PAD] * pad + list(p) for pad, p in zip(pads, prompts)])
+    check_inputs(config, tokens)
+    tokens = tokens.astype(np.int32)
     valid = np.zeros((len(prompts), slots), bool)
     valid[:, :width] = np.arange(width)[None] >= pads[:, None]
     positions = np.maximum(np.arange(width)[None] - pads[:, None], 0)
