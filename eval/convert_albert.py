@@ -21,10 +21,11 @@ flags.mark_flags_as_required(["hf", "out"])
 
 def convert_directory(hf: str, out: str) -> str:
     """Writes step 0 of a new checkpoint under `out`; returns its path."""
+    from flax import nnx
+
     from odeplm.albert import load_albert
     from odeplm.checkpoint import Checkpointer, CheckpointError
     from odeplm.data.tokenizer import Tokenizer
-    from flax import nnx
 
     if os.path.isdir(out) and os.listdir(out):
         raise CheckpointError(f"{out} is not empty; refusing to write over it")

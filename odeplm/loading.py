@@ -8,11 +8,14 @@ are read (never the optimizer), onto this process's first device.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
+import numpy as np
 from flax import nnx
 
+from odeplm import inference
 from odeplm.checkpoint import Checkpointer, CheckpointError
 from odeplm.config import ModelConfig
 from odeplm.data.tokenizer import Tokenizer
@@ -20,10 +23,30 @@ from odeplm.model import LanguageModel
 
 
 class Loaded(NamedTuple):
+    """A restored model with what it needs to read text; every method takes a `solve`
+    (None: the training discretisation, `"rk4:2"`, or one solve per segment)."""
+
     model: LanguageModel
     tokenizer: Tokenizer | None  # None where the checkpoint holds none (e.g. converted without spiece.model)
     config: dict  # everything saved with the checkpoint; config["model"] is the ModelConfig
     step: int
+
+    def score(self, texts: Sequence[str], *, solve=None) -> list[inference.Score]:
+        """Log-likelihood and perplexity per text (pseudo-log-likelihood for masked models)."""
+        return inference.score(self.model, self._tokenizer(), texts, solve=solve)
+
+    def fill_mask(self, text: str, *, solve=None, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top predictions for each `[MASK]` in `text` (masked models)."""
+        return inference.fill_mask(self.model, self._tokenizer(), text, solve=solve, top_k=top_k)
+
+    def encode(self, texts: Sequence[str], *, solve=None) -> np.ndarray:
+        """One vector per text: final hidden states averaged over its tokens."""
+        return inference.encode(self.model, self._tokenizer(), texts, solve=solve)
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise CheckpointError("this checkpoint holds no tokenizer; pass token ids to odeplm.forward instead")
+        return self.tokenizer
 
 
 def load(path: str, step: int | None = None) -> Loaded:
@@ -40,7 +63,8 @@ def load(path: str, step: int | None = None) -> Loaded:
             raise CheckpointError(f"no checkpoint under {path}")
         if step is not None and step not in steps:
             raise CheckpointError(f"no checkpoint {step} under {path}; steps: {steps}")
-        saved = checkpointer.read_config(step if step is not None else steps[-1])
+        step = steps[-1] if step is None else step  # read-only: a damaged step is reported, never moved aside
+        saved = checkpointer.read_config(step)
         try:
             config = ModelConfig.from_dict(saved["model"])
         except (KeyError, TypeError, ValueError) as error:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from odeplm.checkpoint import Checkpointer
 from odeplm.config import ConfigError, ModelConfig
 from odeplm.data.corpus import text_source
-from odeplm.data.pipeline import Batches, pack, token_stream
+from odeplm.data.pipeline import Batches, split_batches
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul_peak
 from odeplm.model import LanguageModel
@@ -196,13 +196,9 @@ class Trainer:
         return jax.jit(init, out_shardings=self.state_shardings)(), tokenizer, 0
 
     def _batches(self, split: str, *, shuffle: bool) -> Batches:
-        texts = text_source(self.settings.dataset, split, self.settings.data_dir)
-        name = self.settings.dataset.replace("/", "_").replace(":", "_")
-        cache = os.path.join(self.settings.data_dir, "odeplm_tokens",
-                             f"{name}-{split}-{self.tokenizer.fingerprint}.npy")
-        rows = pack(token_stream(texts, self.tokenizer, cache), self.model_config.max_length)
-        return Batches(rows, self.settings.batch_size, self.model_config.objective, self.model_config.vocab_size,
-                       seed=self.settings.seed, shuffle=shuffle)
+        return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,
+                             length=self.model_config.max_length, batch_size=self.settings.batch_size,
+                             objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle)
 
     def step_function(self, steps: int | None):
         """The jitted training step for one drawn step count, compiled on first use."""

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from odeplm.data.corpus import text_source
 from odeplm.data.tokenizer import EOS, MASK, PAD, Tokenizer
 
 
@@ -94,3 +95,14 @@ class Batches:
         inputs = np.where(chosen & (action < 0.8), MASK, row)
         inputs = np.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, inputs)
         return inputs.astype(np.int32), chosen.astype(np.float32)
+
+
+def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, length: int, batch_size: int,
+                  objective: str, seed: int = 0, shuffle: bool) -> Batches:
+    """Batches over one split of a dataset (see `text_source`), its tokens cached
+    under `data_dir` by the tokenizer's fingerprint."""
+    texts = text_source(dataset, split, data_dir)
+    name = dataset.replace("/", "_").replace(":", "_")
+    cache = os.path.join(data_dir, "odeplm_tokens", f"{name}-{split}-{tokenizer.fingerprint}.npy")
+    rows = pack(token_stream(texts, tokenizer, cache), length)
+    return Batches(rows, batch_size, objective, tokenizer.vocab_size, seed=seed, shuffle=shuffle)
