@@ -106,3 +106,19 @@ def test_converted_checkpoint_loads_with_identical_outputs(tmp_path):
                                       odeplm.forward(direct, tokens, solve=solve).logits)
     with pytest.raises(odeplm.CheckpointError, match="not empty"):
         convert_directory(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+
+
+def test_accelerate_runs_on_a_converted_checkpoint(tmp_path, tokenizer, corpus_dir):
+    from eval.convert_albert import convert_directory
+    from odeplm.grid import accelerate
+
+    save_hf(tmp_path / "hf", **dict(SMALL, vocab_size=tokenizer.vocab_size, embedding_size=32, num_hidden_groups=2))
+    (tmp_path / "hf" / "spiece.model").write_bytes(tokenizer.proto)  # pad 0, unk 1, [CLS] 2, [SEP] 3, [MASK] 4
+    convert_directory(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    report = accelerate(str(tmp_path / "ckpt"), out=str(tmp_path / "grid"), solvers=["euler", "rk4"], steps=[1, 2],
+                        batches=1, batch_size=2, rounds=1, dataset="shakespeare", data_dir=corpus_dir)
+    assert report["objective"] == "masked"
+    assert [(p["label"], p["nfe"]) for p in report["points"]] == [
+        ("full depth (euler:2)", 4), ("first 1 layers", 1), ("first 2 layers", 2), ("euler:1", 2), ("rk4:1", 8),
+        ("rk4:2", 16)]
+    assert all(np.isfinite(p["loss"]) and 0 <= p["accuracy"] <= 1 for p in report["points"])
