@@ -21,6 +21,7 @@ flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
 flags.DEFINE_list("solvers", ["euler", "midpoint", "heun", "bosh3", "rk4"], "solvers of the grid")
 flags.DEFINE_list("steps", None, "step counts per segment (default: 1, 2, 3, 4, 6, 8, ... up to the training steps)")
 flags.DEFINE_multi_string("extra", [], "further solve plans: one solve, or one per segment comma-separated")
+flags.DEFINE_integer("max_nfe", None, "leave out solver x steps points costing more evaluations")
 flags.DEFINE_integer("batches", 16, "validation batches each point is scored on")
 flags.DEFINE_integer("batch_size", 16, "rows per batch")
 flags.DEFINE_integer("rounds", 10, "timing rounds (every point runs once per round)")
@@ -40,7 +41,7 @@ def main(argv):
     except ValueError:
         raise app.UsageError(f"--steps must be integers, got {FLAGS.steps}") from None
     report = accelerate(
-        FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=steps, extra=FLAGS.extra,
+        FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=steps, extra=FLAGS.extra, max_nfe=FLAGS.max_nfe,
         batches=FLAGS.batches, batch_size=FLAGS.batch_size, rounds=FLAGS.rounds, dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir)
     print(report["title"])

@@ -64,8 +64,8 @@ def grid(name: str) -> list[dict]:
     path = os.path.join(workdir(name), "accelerate", "grid.json")
     if not os.path.exists(path):
         steps = STEPS + ((12, 16) if name == "causal_fine" else ())
-        accelerate(trained(name), solvers=SOLVERS, steps=list(steps), batches=16, batch_size=16, rounds=10,
-                   data_dir=os.path.expanduser(FLAGS.data_dir))
+        accelerate(trained(name), solvers=SOLVERS, steps=list(steps), max_nfe=16, batches=16, batch_size=16,
+                   rounds=5, data_dir=os.path.expanduser(FLAGS.data_dir))
     with open(path) as f:
         return json.load(f)["points"]
 

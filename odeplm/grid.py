@@ -43,11 +43,13 @@ class GridPoint:
     layers: int | None = None  # truncation depth
 
 
-def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra=()) -> list[GridPoint]:
+def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra=(),
+                max_nfe: int | None = None) -> list[GridPoint]:
     """Full depth, truncation at every depth the solve grid's Euler points reach, and solver x steps.
 
     `steps` are step counts per segment; by default every count up to the largest
-    segment's training steps from (1, 2, 3, 4, 6, 8, 12, 16, ...). `extra` holds
+    segment's training steps from (1, 2, 3, 4, 6, 8, 12, 16, ...). Solver x steps
+    points costing more than `max_nfe` evaluations are left out. `extra` holds
     solve plans as strings, one solve or one per segment.
     """
     depth = model.config.depth
@@ -67,7 +69,7 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
     for solver in solvers:
         for n in sorted(set(steps)):
             solves = plan_solves(depth, f"{solver}:{n}")
-            if solves != full:
+            if solves != full and (max_nfe is None or sum(s.info.nfe(s.steps) for s in solves) <= max_nfe):
                 points.append(GridPoint("solve", _label(solves), solves))
     for text in extra:
         solves = plan_solves(depth, parse_plan(text))
@@ -201,8 +203,8 @@ def _plain(value):
 
 
 def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = None, solvers=None, steps=None,
-               extra=(), batches: int = 16, batch_size: int = 16, rounds: int = 10, dataset: str | None = None,
-               data_dir: str | None = None) -> dict:
+               extra=(), max_nfe: int | None = None, batches: int = 16, batch_size: int = 16, rounds: int = 10,
+               dataset: str | None = None, data_dir: str | None = None) -> dict:
     """Runs the grid on a checkpoint and writes its outputs; returns the report (what grid.json holds)."""
     if out is None:
         if not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
@@ -220,7 +222,7 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     config = loaded.model.config
     validation = split_batches(dataset, "validation", data_dir, loaded.tokenizer, length=config.max_length,
                                batch_size=batch_size, objective=config.objective, seed=seed, shuffle=False)
-    points = grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra)
+    points = grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra, max_nfe)
     rows = run_grid(loaded.model, points, validation, batches, rounds)
     name = os.path.basename(os.path.normpath(checkpoint))
     report = {

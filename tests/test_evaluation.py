@@ -164,6 +164,7 @@ def test_truncation_of_a_partially_shared_model_is_its_first_layers_written_out(
     assert labels == ["full depth (euler:2)", "first 1 layers", "first 2 layers", "euler:1", "rk4:1", "rk4:2"]
     assert [p.solves for p in grid_points(model, ("euler",), [1]) if p.label == "euler:1"][0] == (
         odeplm.Solve("euler", 1),) * 2  # step counts are per segment
+    assert [p.label for p in grid_points(model, ("rk4",), [1, 2], max_nfe=8)][-1] == "rk4:1"  # rk4:2 costs 16
 
 
 def test_pareto_front():
