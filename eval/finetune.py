@@ -24,7 +24,7 @@ flags.DEFINE_list("steps", None, "step counts per segment (default: 1, 2, 3, 4, 
 flags.DEFINE_multi_string("extra", [], "further solve plans: one solve, or one per segment comma-separated")
 flags.DEFINE_integer("epochs", 2, "passes over the training set")
 flags.DEFINE_integer("batch_size", 32, "examples per step")
-flags.DEFINE_float("learning_rate", 3e-4, "peak learning rate (warm-up over a tenth of training, cosine decay)")
+flags.DEFINE_float("learning_rate", 1e-3, "peak learning rate (warm-up over a tenth of training, cosine decay)")
 flags.DEFINE_integer("per_class", 1000, "training examples per class for shakespeare_genre (a quarter as many test)")
 flags.DEFINE_integer("seed", 0, "seed of the head's initialisation, the data order and the step counts drawn")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: the one of the checkpoint's run)")

@@ -4,8 +4,9 @@ The classifier starts from the language model's encoder and a fresh pooled head.
 It trains under the discretisation the model was pre-trained with (step counts
 drawn per batch from (seed, step), as in pre-training), so a model pre-trained
 to run at several speeds keeps that ability through fine-tuning. Inputs are
-`[BOS] text`: the head pools the first position of masked models (ALBERT's
-[CLS] has the same id) and the last real token of causal ones.
+`[BOS] text` (ALBERT's [CLS] has the same id). The head averages the final
+states over real tokens by default: odeplm's pre-training has no [CLS] token,
+so no single position has learned to summarise the text.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def classification_inputs(tokenizer: Tokenizer, texts, max_length: int) -> tuple
     return tokens, tokens != PAD
 
 
-def classifier_from(model: LanguageModel, num_labels: int, seed: int = 0) -> SequenceClassifier:
+def classifier_from(model: LanguageModel, num_labels: int, seed: int = 0,
+                    pooling: str = "mean") -> SequenceClassifier:
     """A classifier whose encoder holds a copy of `model`'s encoder parameters."""
-    classifier = SequenceClassifier(model.config, num_labels, rngs=nnx.Rngs(seed))
+    classifier = SequenceClassifier(model.config, num_labels, pooling=pooling, rngs=nnx.Rngs(seed))
     nnx.update(classifier.encoder, jax.tree.map(jnp.copy, nnx.state(model.encoder)))
     return classifier
 
@@ -57,8 +59,8 @@ def _train_step(graphdef, params, opt_state, tokens, mask, labels, key, *, optim
 
 
 def finetune(model: LanguageModel, tokenizer: Tokenizer, data: Labelled, *, discretisation: Discretisation,
-             epochs: int = 2, batch_size: int = 32, learning_rate: float = 3e-4, seed: int = 0
-             ) -> tuple[SequenceClassifier, list[float]]:
+             epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
+             pooling: str = "mean") -> tuple[SequenceClassifier, list[float]]:
     """Trains a classifier on `data.train_*`; returns it and the loss of every step."""
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
         raise ValueError("epochs and batch_size must be positive integers and learning_rate positive")
@@ -68,7 +70,7 @@ def finetune(model: LanguageModel, tokenizer: Tokenizer, data: Labelled, *, disc
     total = epochs * steps_per_epoch
     optimizer = make_optimizer(learning_rate_schedule(learning_rate, max(1, total // 10), total),
                                weight_decay=0.01, clip_norm=1.0)
-    classifier = classifier_from(model, len(data.label_names), seed)
+    classifier = classifier_from(model, len(data.label_names), seed, pooling)
     graphdef, params = nnx.split(classifier)
     params = nnx.to_pure_dict(params)
     opt_state = optimizer.init(params)
@@ -107,7 +109,7 @@ def accuracy(classifier: SequenceClassifier, tokens, mask, labels, *, solve=None
 
 
 def finetune_checkpoint(checkpoint: str, *, task: str = "shakespeare_genre", out: str | None = None, solvers=None,
-                        steps=None, extra=(), epochs: int = 2, batch_size: int = 32, learning_rate: float = 3e-4,
+                        steps=None, extra=(), epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3,
                         per_class: int = 1000, seed: int = 0, data_dir: str | None = None) -> dict:
     """Fine-tunes, evaluates every grid point and writes the outputs; returns the report."""
     if out is None:

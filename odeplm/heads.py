@@ -51,20 +51,34 @@ class CausalLMHead(nnx.Module):
         return tied_decode(h if self.projection is None else self.projection(h), embeddings)
 
 
-class ClassifierHead(nnx.Module):
-    """Pools one position (first token for masked models, last real token for causal
-    ones), applies ALBERT's tanh pooler, then a linear classifier."""
+POOLINGS = ("first", "last", "mean")
 
-    def __init__(self, config: ModelConfig, num_labels: int, *, rngs: nnx.Rngs):
-        self.causal = config.objective == "causal"
+
+class ClassifierHead(nnx.Module):
+    """Pools the sequence, applies ALBERT's tanh pooler, then a linear classifier.
+
+    Pooling: `first` token ([CLS] of a pre-trained ALBERT; the default for masked
+    models), `last` real token (the default for causal ones, which see the whole
+    text only there), or the `mean` over real tokens (for encoders pre-trained
+    without a [CLS] token, whose first position has no learned summary role).
+    """
+
+    def __init__(self, config: ModelConfig, num_labels: int, *, pooling: str | None = None, rngs: nnx.Rngs):
+        pooling = pooling or ("last" if config.objective == "causal" else "first")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.rate = config.dropout
         self.pooler = dense(config, config.width, config.width, ("embed", "heads"), rngs)
         self.classifier = dense(config, config.width, num_labels, ("heads", None), rngs)
 
     def __call__(self, h: Float[Array, "batch seq width"], padding_mask: Bool[Array, "batch seq"], key=None):
-        if self.causal:
+        if self.pooling == "last":
             last = jnp.sum(padding_mask, axis=-1) - 1
             pooled = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+        elif self.pooling == "mean":
+            weights = padding_mask[..., None].astype(h.dtype)
+            pooled = jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)
         else:
             pooled = h[:, 0]
         return self.classifier(dropout(jnp.tanh(self.pooler(pooled)), self.rate, key))

@@ -99,10 +99,10 @@ class LanguageModel(nnx.Module):
 class SequenceClassifier(nnx.Module):
     """An encoder with a pooled classification head, for fine-tuning."""
 
-    def __init__(self, config: ModelConfig, num_labels: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, num_labels: int, *, pooling: str | None = None, rngs: nnx.Rngs):
         self.config = config
         self.encoder = Encoder(config, rngs=rngs)
-        self.head = ClassifierHead(config, num_labels, rngs=rngs)
+        self.head = ClassifierHead(config, num_labels, pooling=pooling, rngs=rngs)
 
     def __call__(self, tokens, padding_mask=None, token_types=None, *, solve=None, key=None) -> ModelOutput:
         if padding_mask is None:

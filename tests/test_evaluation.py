@@ -216,6 +216,17 @@ def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpu
     assert all(np.array_equal(a, b) for a, b in zip(before, after))  # the language model itself is untouched
 
 
+def test_mean_pooling_ignores_padding():
+    config = odeplm.ModelConfig(vocab_size=64, width=32, heads=4, mlp_width=64, max_length=16, objective="masked")
+    classifier = odeplm.SequenceClassifier(config, 3, pooling="mean", rngs=nnx.Rngs(0))
+    tokens = np.random.default_rng(0).integers(5, 64, (1, 9))
+    padded = np.concatenate([tokens, np.zeros((1, 7), int)], axis=1)
+    np.testing.assert_allclose(odeplm.forward(classifier, padded, padded > 0).logits,
+                               odeplm.forward(classifier, tokens).logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        odeplm.SequenceClassifier(config, 3, pooling="max", rngs=nnx.Rngs(0))
+
+
 def test_labelled_sources_and_their_errors(corpus_dir, tmp_path):
     sample = load_labelled("sample", corpus_dir)
     assert sample.label_names == ("comedy", "tragedy") and set(sample.test_labels) == {0, 1}
