@@ -50,7 +50,11 @@ class Loaded(NamedTuple):
 
 
 def load(path: str, step: int | None = None) -> Loaded:
-    """Restores the newest checkpoint under `path` (or `step`) as a `LanguageModel`."""
+    """Restores the newest checkpoint under `path` (or `step`) as a `LanguageModel`.
+
+    Reading never changes the directory: a damaged step raises `CheckpointError`
+    naming it, and an older one can be asked for with `step`.
+    """
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
