@@ -37,8 +37,6 @@ MODELS = {
     "masked_post_depth2": ("masked", "post", "2", "plain"),
     "masked_pre_plain": ("masked", "pre", "8", "plain"),
     "masked_pre_mix": ("masked", "pre", "8", "mix"),
-    "masked_pre_depth4": ("masked", "pre", "4", "plain"),
-    "masked_pre_depth2": ("masked", "pre", "2", "plain"),
 }
 
 STEPS = 1200
