@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from odeplm.grid import accelerate
+from odeplm.grid import accelerate, parse_steps
 
 flags.DEFINE_string("checkpoint", None, "pre-training workdir, checkpoint directory or step directory")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")
@@ -36,14 +36,10 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    try:
-        steps = None if FLAGS.steps is None else [int(n) for n in FLAGS.steps]
-    except ValueError:
-        raise app.UsageError(f"--steps must be integers, got {FLAGS.steps}") from None
     report = accelerate(
-        FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=steps, extra=FLAGS.extra, max_nfe=FLAGS.max_nfe,
-        batches=FLAGS.batches, batch_size=FLAGS.batch_size, rounds=FLAGS.rounds, dataset=FLAGS.dataset,
-        data_dir=FLAGS.data_dir)
+        FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=parse_steps(FLAGS.steps),
+        extra=FLAGS.extra, max_nfe=FLAGS.max_nfe, batches=FLAGS.batches, batch_size=FLAGS.batch_size,
+        rounds=FLAGS.rounds, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
     print(report["title"])
     print(report["markdown"])
     print("wrote", ", ".join(report["outputs"].values()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from odeplm.finetune import finetune_checkpoint
+from odeplm.grid import parse_steps
 
 flags.DEFINE_string("checkpoint", None, "pre-training workdir, checkpoint directory or step directory")
 flags.DEFINE_string("task", "shakespeare_genre", "shakespeare_genre, sample, a CSV/TSV path or a TFDS name")
@@ -37,13 +38,9 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    try:
-        steps = None if FLAGS.steps is None else [int(n) for n in FLAGS.steps]
-    except ValueError:
-        raise app.UsageError(f"--steps must be integers, got {FLAGS.steps}") from None
     report = finetune_checkpoint(
-        FLAGS.checkpoint, task=FLAGS.task, out=FLAGS.out, solvers=FLAGS.solvers, steps=steps, extra=FLAGS.extra,
-        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        FLAGS.checkpoint, task=FLAGS.task, out=FLAGS.out, solvers=FLAGS.solvers, steps=parse_steps(FLAGS.steps),
+        extra=FLAGS.extra, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         per_class=FLAGS.per_class, seed=FLAGS.seed, data_dir=FLAGS.data_dir)
     print(report["title"])
     print(f"{report['train_examples']} training and {report['test_examples']} test examples; majority class "

@@ -25,7 +25,7 @@ from odeplm.checkpoint import CheckpointError
 from odeplm.data.labelled import Labelled, load_labelled
 from odeplm.data.tokenizer import BOS, PAD, Tokenizer
 from odeplm.grid import DEFAULT_SOLVERS, grid_points
-from odeplm.loading import load
+from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel, SequenceClassifier, forward
 from odeplm.optim import learning_rate_schedule, make_optimizer
 from odeplm.recipe import Discretisation
@@ -112,15 +112,12 @@ def finetune_checkpoint(checkpoint: str, *, task: str = "shakespeare_genre", out
                         steps=None, extra=(), epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3,
                         per_class: int = 1000, seed: int = 0, data_dir: str | None = None) -> dict:
     """Fine-tunes, evaluates every grid point and writes the outputs; returns the report."""
-    if out is None:
-        if not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-            raise ValueError(f"{checkpoint} is not a pre-training workdir; pass --out for the results")
-        out = os.path.join(checkpoint, "finetune")
+    out = results_directory(checkpoint, out, "finetune")
     loaded = load(checkpoint)
     if loaded.tokenizer is None:
         raise CheckpointError(f"{checkpoint} holds no tokenizer, so text cannot be read")
     run = loaded.config.get("run", {})
-    data_dir = os.path.expanduser(data_dir or run.get("data", {}).get("data_dir") or "~/tensorflow_datasets")
+    data_dir = loaded.data_dir(data_dir)
     train = run.get("train", {})
     discretisation = Discretisation.parse(train.get("solver", "euler"), str(train.get("step_counts", "")),
                                           str(train.get("step_weights", "")))

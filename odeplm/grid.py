@@ -26,7 +26,7 @@ from odeplm.checkpoint import CheckpointError
 from odeplm.config import Segment
 from odeplm.data.pipeline import Batches, split_batches
 from odeplm.evaluate import evaluate
-from odeplm.loading import load
+from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel
 from odeplm.solvers import SOLVERS, SolvePlan, SolverError, parse_plan, plan_solves
 from odeplm.timing import compile_timed, measure, paired_ratio
@@ -41,6 +41,16 @@ class GridPoint:
     label: str
     solves: SolvePlan
     layers: int | None = None  # truncation depth
+
+
+def parse_steps(values: list[str] | None) -> list[int] | None:
+    """Step counts from a command line's comma-separated list (None: the default grid)."""
+    if values is None:
+        return None
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise SolverError(f"step counts must be integers, got {values}") from None
 
 
 def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra=(),
@@ -60,6 +70,8 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
         steps = [n for n in _STEP_CANDIDATES if n <= max(s.steps for s in depth)]
     if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
         raise SolverError(f"step counts must be positive integers, got {steps}")
+    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
+        raise SolverError(f"max_nfe must be a positive integer, got {max_nfe!r}")
     full = plan_solves(depth, None)
     points = [GridPoint("full depth", f"full depth ({_label(full)})", full)]
     layers = model.config.layers
@@ -206,10 +218,7 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
                extra=(), max_nfe: int | None = None, batches: int = 16, batch_size: int = 16, rounds: int = 10,
                dataset: str | None = None, data_dir: str | None = None) -> dict:
     """Runs the grid on a checkpoint and writes its outputs; returns the report (what grid.json holds)."""
-    if out is None:
-        if not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-            raise ValueError(f"{checkpoint} is not a pre-training workdir; pass --out for the results")
-        out = os.path.join(checkpoint, "accelerate")
+    out = results_directory(checkpoint, out, "accelerate")
     if batches < 1 or batch_size < 1 or rounds < 1:
         raise ValueError("batches, batch_size and rounds must be positive")
     loaded = load(checkpoint, step)
@@ -218,7 +227,7 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     run = loaded.config.get("run", {})
     seed = run.get("seed", 0)
     dataset = dataset or run.get("data", {}).get("dataset", "shakespeare")
-    data_dir = os.path.expanduser(data_dir or run.get("data", {}).get("data_dir") or "~/tensorflow_datasets")
+    data_dir = loaded.data_dir(data_dir)
     config = loaded.model.config
     validation = split_batches(dataset, "validation", data_dir, loaded.tokenizer, length=config.max_length,
                                batch_size=batch_size, objective=config.objective, seed=seed, shuffle=False)

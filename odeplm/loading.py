@@ -43,10 +43,24 @@ class Loaded(NamedTuple):
         """One vector per text: final hidden states averaged over its tokens."""
         return inference.encode(self.model, self._tokenizer(), texts, solve=solve)
 
+    def data_dir(self, override: str | None = None) -> str:
+        """The TFDS data directory: `override`, else the one the checkpoint's run used."""
+        saved = self.config.get("run", {}).get("data", {}).get("data_dir")
+        return os.path.expanduser(override or saved or "~/tensorflow_datasets")
+
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise CheckpointError("this checkpoint holds no tokenizer; pass token ids to odeplm.forward instead")
         return self.tokenizer
+
+
+def results_directory(checkpoint: str, out: str | None, name: str) -> str:
+    """Where an evaluation of `checkpoint` writes: `out`, else `<workdir>/<name>` for a pre-training workdir."""
+    if out is not None:
+        return out
+    if not os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+        raise ValueError(f"{checkpoint} is not a pre-training workdir; pass --out for the results")
+    return os.path.join(checkpoint, name)
 
 
 def load(path: str, step: int | None = None) -> Loaded:

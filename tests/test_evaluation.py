@@ -177,6 +177,15 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
         accelerate(str(tmp_path / "nowhere"), out=str(tmp_path / "out"), data_dir=corpus_dir)
     with pytest.raises(ValueError, match="not a pre-training workdir; pass --out"):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
+    from odeplm.grid import parse_steps
+
+    assert parse_steps(["1", "2"]) == [1, 2] and parse_steps(None) is None
+    with pytest.raises(odeplm.SolverError, match="step counts must be integers"):
+        parse_steps(["1", "two"])
+    with pytest.raises(odeplm.SolverError, match="step counts must be positive integers"):
+        accelerate(causal, out=str(tmp_path / "out"), steps=[0, 2], data_dir=corpus_dir)
+    with pytest.raises(odeplm.SolverError, match="max_nfe must be a positive integer"):
+        accelerate(causal, out=str(tmp_path / "out"), max_nfe=0, data_dir=corpus_dir)
     with pytest.raises(odeplm.SolverError, match="unknown solver"):
         accelerate(causal, out=str(tmp_path / "out"), solvers=["euler", "leapfrog"], data_dir=corpus_dir)
     copy = tmp_path / "copy"
@@ -202,6 +211,10 @@ def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpu
     assert [p["nfe"] for p in report["points"]] == [4, 1, 2, 4, 8]
     with open(tmp_path / "finetune.json") as f:
         assert json.load(f)["points"] == report["points"]
+    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+        finetune_checkpoint(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
+    with pytest.raises(DataError, match="unknown task"):
+        finetune_checkpoint(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
 
     from odeplm.finetune import accuracy, classification_inputs, finetune
     from odeplm.recipe import Discretisation
