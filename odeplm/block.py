@@ -2,7 +2,9 @@
 
 Post-LN reproduces ALBERT's layer (LayerNorm after attention and after the
 feed-forward); Pre-LN is the GPT layer. Parameters carry logical axis names
-("embed", "heads", "mlp", "vocab") that the training mesh maps onto devices.
+("embed", "heads", "mlp", "vocab") that the training mesh maps onto devices;
+activations are pinned with `constrain` (batch over data and fsdp, features
+over tensor), and each block evaluation is rematerialised by `config.remat`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,21 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from odeplm.config import ModelConfig
+from odeplm.sharding import constrain
 
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
 }
+
+# What the backward pass of one block evaluation keeps (None: everything).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+HIDDEN = ("batch", None, "act_embed")
 
 
 def logical(initializer, axes: tuple[str | None, ...]):
@@ -94,16 +106,28 @@ class Attention(nnx.Module):
     def _project(self, h):
         batch, length, _ = h.shape
         shape = (batch, length, self.config.heads, self.config.head_dim)
-        return tuple(layer(h).reshape(shape) for layer in (self.query, self.key, self.value))
+        return tuple(constrain(layer(h).reshape(shape), ("batch", None, "act_heads", None))
+                     for layer in (self.query, self.key, self.value))
 
     def _attend(self, q, k, v, mask, key):
         config = self.config
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(config.head_dim).astype(q.dtype)
-        softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)
-        logits = jnp.where(mask[:, None], logits.astype(softmax_dtype), jnp.finfo(softmax_dtype).min)
-        weights = dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), config.attention_dropout, key)
-        context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        if (key is not None and config.attention_dropout > 0) or q.dtype == jnp.float64:
+            context = _attend_explicitly(q, k, v, mask, config.attention_dropout, key)
+        else:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=config.attention)
+        context = constrain(context, ("batch", None, "act_heads", None))
         return self.output(context.reshape(q.shape[0], q.shape[1], config.width))
+
+
+def _attend_explicitly(q, k, v, mask, rate: float, key: PRNGKeyArray | None):
+    """Attention with the softmax written out, for what `jax.nn.dot_product_attention`
+    cannot do: dropout on the probabilities, and a float64 softmax (it computes
+    softmax in float32, too coarse for the float64 convergence and gradient checks)."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    softmax_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    logits = jnp.where(mask[:, None], logits.astype(softmax_dtype), jnp.finfo(softmax_dtype).min)
+    weights = dropout(jax.nn.softmax(logits, axis=-1).astype(v.dtype), rate, key)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 class MLP(nnx.Module):
@@ -113,7 +137,7 @@ class MLP(nnx.Module):
         self.down = dense(config, config.mlp_width, config.width, ("mlp", "embed"), rngs)
 
     def __call__(self, h: Float[Array, "batch seq width"]) -> Float[Array, "batch seq width"]:
-        return self.down(self.activation(self.up(h)))
+        return self.down(constrain(self.activation(self.up(h)), ("batch", None, "act_mlp")))
 
 
 class Layer(nnx.Module):
@@ -149,10 +173,10 @@ class Layer(nnx.Module):
 
     def _residual(self, h, attend, keys):
         if self.norm == "post":
-            h = self.attention_norm(h + dropout(attend(h), self.rate, keys[0]))
-            return self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[1]))
-        h = h + dropout(attend(self.attention_norm(h)), self.rate, keys[0])
-        return h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[1])
+            h = constrain(self.attention_norm(h + dropout(attend(h), self.rate, keys[0])), HIDDEN)
+            return constrain(self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[1])), HIDDEN)
+        h = constrain(h + dropout(attend(self.attention_norm(h)), self.rate, keys[0]), HIDDEN)
+        return constrain(h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[1]), HIDDEN)
 
 
 class Block(nnx.Module):
@@ -161,6 +185,7 @@ class Block(nnx.Module):
     (see `odeplm.ode`), so one Euler step of size 1 is the whole stack."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.remat = config.remat
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.inner_layers)])
 
     def __call__(
@@ -169,6 +194,11 @@ class Block(nnx.Module):
         mask: Bool[Array, "batch seq seq"],
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, "batch seq width"]:
+        if self.remat == "none":
+            return self._apply(h, mask, key)
+        return jax.checkpoint(Block._apply, policy=REMAT_POLICIES[self.remat])(self, h, mask, key)
+
+    def _apply(self, h, mask, key):
         keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
         for layer, layer_key in zip(self.layers, keys):
             h = layer(h, mask, layer_key)

@@ -105,7 +105,13 @@ _CHOICES = {
     "objective": ("masked", "causal"),
     "dtype": ("float32", "bfloat16", "float64"),
     "param_dtype": ("float32", "float64"),
+    "attention": ("xla", "cudnn"),
+    "remat": ("none", "full", "dots"),
 }
+
+# Fields that change how a model runs, not its parameters: a checkpoint saved
+# with one value restores under another (a pod run with remat, say, evaluated without).
+RUNTIME_FIELDS = frozenset({"dtype", "attention", "remat"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +145,8 @@ class ModelConfig:
     initializer_range: float = 0.02
     dtype: str = "float32"
     param_dtype: str = "float32"
+    attention: str = "xla"
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "width", "heads", "mlp_width", "max_length"):
@@ -191,6 +199,10 @@ class ModelConfig:
         if unknown:
             raise ConfigError(unknown[0], f"unknown model config field(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+    def architecture(self) -> dict[str, Any]:
+        """`to_dict()` without the runtime fields: what a checkpoint's arrays must fit."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values; `from_dict(to_dict())` round-trips."""

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from odeplm.block import dense, dropout, layer_norm, logical
+from odeplm.block import HIDDEN, dense, dropout, layer_norm, logical
+from odeplm.sharding import constrain
 from odeplm.config import ModelConfig
 
 
@@ -56,4 +57,4 @@ class Embeddings(nnx.Module):
         if self.norm is not None:
             x = self.norm(x)
         x = dropout(x, self.rate, key)
-        return x if self.projection is None else self.projection(x)
+        return constrain(x if self.projection is None else self.projection(x), HIDDEN)

@@ -13,10 +13,11 @@ from jaxtyping import Array, Bool, Float
 from odeplm.block import ACTIVATIONS, dense, dropout, layer_norm, logical
 from odeplm.config import ModelConfig
 from odeplm.embeddings import Embeddings
+from odeplm.sharding import constrain
 
 
-def tied_decode(x: Float[Array, "... embed"], embeddings: Embeddings) -> Float[Array, "... vocab"]:
-    return embeddings.word.attend(x)
+def tied_decode(x: Float[Array, "batch seq embed"], embeddings: Embeddings) -> Float[Array, "batch seq vocab"]:
+    return constrain(embeddings.word.attend(x), ("batch", None, "act_vocab"))
 
 
 class MaskedLMHead(nnx.Module):

@@ -1,9 +1,12 @@
 """Device mesh (data, fsdp, tensor) and the logical-axis rules that place
-parameters and batches on it.
+parameters, batches and activations on it.
 
-Parameters carry logical axis names from `odeplm.block.logical`; the rules map
-each name onto mesh axes. A dimension that does not divide evenly over its
-mesh axes stays replicated, so any model runs on any mesh.
+Parameters carry logical axis names from `odeplm.block.logical`; activations
+are constrained inside the model with `constrain`. The rules map each name onto
+mesh axes. A dimension that does not divide evenly over its mesh axes stays
+replicated, so any model runs on any mesh. Without the activation constraints
+XLA is free to follow the fsdp-sharded weights and gather activations instead,
+and memory then grows with the fsdp degree.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import math
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "tensor")
 RULES: dict[str, tuple[str, ...]] = {
-    "batch": ("data", "fsdp"),
+    # parameters: fsdp shards the model width, tensor the heads, MLP and vocabulary
     "vocab": ("tensor",),
     "embed": ("fsdp",),
     "heads": ("tensor",),
     "mlp": ("tensor",),
+    # activations: the batch over data and fsdp; features over tensor
+    "batch": ("data", "fsdp"),
+    "act_embed": ("tensor",),
+    "act_heads": ("tensor",),
+    "act_mlp": ("tensor",),
+    "act_vocab": ("tensor",),
 }
 
 
@@ -29,22 +38,25 @@ class MeshError(ValueError):
     """A mesh shape that does not fit the devices, or a batch that does not fit the mesh."""
 
 
-def make_mesh(data: int, fsdp: int, tensor: int) -> Mesh:
-    """A mesh over all devices; `data=-1` takes whatever the other axes leave."""
-    devices = jax.device_count()
+def make_mesh(data: int, fsdp: int, tensor: int, devices=None) -> Mesh:
+    """A mesh over all devices (or the given ones, such as a TPU topology's
+    compile-only devices); `data=-1` takes whatever the other axes leave."""
+    devices = jax.devices() if devices is None else list(devices)
+    count = len(devices)
     if data == -1:
-        if fsdp < 1 or tensor < 1 or devices % (fsdp * tensor):
-            raise MeshError(f"fsdp={fsdp} x tensor={tensor} does not divide {devices} devices")
-        data = devices // (fsdp * tensor)
-    if min(data, fsdp, tensor) < 1 or data * fsdp * tensor != devices:
+        if fsdp < 1 or tensor < 1 or count % (fsdp * tensor):
+            raise MeshError(f"fsdp={fsdp} x tensor={tensor} does not divide {count} devices")
+        data = count // (fsdp * tensor)
+    if min(data, fsdp, tensor) < 1 or data * fsdp * tensor != count:
         raise MeshError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} = {data * fsdp * tensor} "
-                        f"does not match the {devices} available devices")
+                        f"does not match the {count} available devices")
     # Devices ordered by process, so each process's devices hold a contiguous batch slice.
-    ordered = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(ordered).reshape(data, fsdp, tensor), AXES)
 
 
-def spec_for(names: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+def spec_for(names: tuple[str | None, ...] | None, shape: tuple[int, ...],
+             mesh: Mesh | AbstractMesh) -> PartitionSpec:
     """Mesh placement of one array from its logical axis names."""
     if not names:
         return PartitionSpec()
@@ -58,6 +70,15 @@ def spec_for(names: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh:
         else:
             spec.append(None)
     return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Pins an activation's sharding by logical axis names under the mesh set with
+    `jax.set_mesh`; without one (single-device inference) it changes nothing."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec_for(names, x.shape, mesh))
 
 
 def param_shardings(abstract_state: nnx.State, mesh: Mesh) -> dict:
