@@ -3,20 +3,28 @@
     python -m train.pretrain --config configs/demo.py --workdir runs/demo --config.train.steps=100
 """
 
-from ml_collections import ConfigDict
+import dataclasses
+
+from ml_collections import ConfigDict, config_dict
+
+from odeplm.config import ModelConfig
 
 
 def get_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    config.model = ConfigDict(dict(
-        vocab_size=2048, width=256, heads=4, mlp_width=1024, max_length=128, embedding_size=256,
-        project_embeddings=None, type_vocab_size=0, norm="pre", activation="gelu_new",
-        dropout=0.0, attention_dropout=0.0,
-        objective="causal", depth="6", inner_layers=1, layer_norm_eps=1e-5, initializer_range=0.02,
-        dtype="float32", param_dtype="float32",
-    ))
-    config.data = ConfigDict(dict(dataset="shakespeare", data_dir=""))  # "" -> ~/tensorflow_datasets
+    # ModelConfig's own defaults; unset optional fields stay typed placeholders so
+    # that --config.model.embedding_size=128 still parses (None: equal to the width).
+    config.model = ConfigDict({
+        field.name: config_dict.placeholder(int if field.name == "embedding_size" else bool)
+        if field.default is None else field.default
+        for field in dataclasses.fields(ModelConfig)
+    })
+    config.model.update(vocab_size=2048, width=256, heads=4, mlp_width=1024)
+    # data_dir "" -> ~/tensorflow_datasets; workers 0 -> every core (tokenizing, in `train.prepare`);
+    # the tokenizer trains on at most tokenizer_characters of the training split.
+    config.data = ConfigDict(dict(dataset="shakespeare", data_dir="", shards=16, workers=0,
+                                  tokenizer_characters=50_000_000))
     config.train = ConfigDict(dict(
         steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
         grad_accum=1, log_every=10, eval_batches=8,

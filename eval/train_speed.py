@@ -25,7 +25,7 @@ import odeplm
 from odeplm.metrics import forward_flops_per_token, measure_matmul_peak
 from odeplm.optim import learning_rate_schedule, make_optimizer
 from odeplm.timing import compile_timed, measure
-from odeplm.trainer import train_step
+from odeplm.program import train_step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("width", 512, "model width")

@@ -9,7 +9,7 @@ from flax import nnx
 from odeplm.evaluate import evaluate
 from odeplm.model import forward
 from odeplm.sampling import sample
-from odeplm.solvers import parse_plan, plan_solves
+from odeplm.solvers import fixed_nfe, parse_plan, plan_solves
 
 
 def validation_table(trainer, solves: str) -> tuple[list[dict], str]:
@@ -29,11 +29,6 @@ def validation_table(trainer, solves: str) -> tuple[list[dict], str]:
                      f"{row['accuracy']:>10.3f}{row['seconds_per_batch'] * 1e3:>10.1f}"
                      f"{base['seconds_per_batch'] / row['seconds_per_batch']:>9.2f}x")
     return rows, "\n".join(lines)
-
-
-def fixed_nfe(depth, solve) -> int:
-    """Function evaluations of a fixed-step solve plan over the whole depth plan."""
-    return sum(s.info.nfe(s.steps) for s in plan_solves(depth, solve))
 
 
 def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:

@@ -156,6 +156,14 @@ def plan_solves(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | N
     return tuple(resolved)
 
 
+def fixed_nfe(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | None = None) -> int:
+    """Function evaluations of a fixed-step solve plan over the whole depth plan."""
+    plan = plan_solves(depth, solve)
+    if any(s.adaptive for s in plan):
+        raise SolverError(f"an adaptive solve has no fixed NFE: {','.join(map(str, plan))}")
+    return sum(s.info.nfe(s.steps) for s in plan)
+
+
 def parse_plan(text: str) -> list[Solve]:
     """Parses comma-separated solves, one per segment (`rk4:2,euler:1`)."""
     return [Solve.parse(part) for part in text.split(",")]

@@ -1,0 +1,68 @@
+"""The README's pod memory table: `train.aot` for each (config, topology, mesh,
+remat policy), at the largest step count the config's recipe draws (the one
+that binds memory), collected into one markdown table.
+
+    python -m eval.aot_table --out results/aot
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from odeplm.topology import Topology
+
+flags.DEFINE_string("out", "results/aot", "directory for one JSON per compile and table.md")
+flags.DEFINE_list("configs", ["gpt2_small_shared", "albert_base_shared"], "config names under configs/")
+flags.DEFINE_list("topologies", ["v5e:4x4", "v5e:16x16"], "TPU topologies")
+flags.DEFINE_list("remat", ["none", "dots", "full"], "remat policies")
+FLAGS = flags.FLAGS
+
+MESHES = {16: ((16, 1), (4, 4), (2, 8), (1, 16)), 256: ((256, 1), (16, 16), (1, 256))}
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.out, exist_ok=True)
+    rows = []
+    for config in FLAGS.configs:
+        module = __import__(f"configs.{config}", fromlist=["get_config"])
+        largest = max(int(n) for n in str(module.get_config().train.step_counts or "0").split(",") if n)
+        for topology in FLAGS.topologies:
+            for data, fsdp in MESHES[Topology.parse(topology).chips]:
+                for remat in FLAGS.remat:
+                    name = f"{config}-{topology.replace(':', '_')}-{data}x{fsdp}-{remat}"
+                    path = os.path.join(FLAGS.out, f"{name}.json")
+                    if not os.path.exists(path):
+                        command = [sys.executable, "-m", "train.aot", f"--config=configs/{config}.py",
+                                   f"--topology={topology}", f"--config.mesh.data={data}",
+                                   f"--config.mesh.fsdp={fsdp}", f"--config.model.remat={remat}", f"--out={path}"]
+                        if largest:
+                            command += [f"--config.train.step_counts={largest}", "--config.train.step_weights="]
+                        result = subprocess.run(command, capture_output=True, text=True)
+                        if result.returncode not in (0, 1):
+                            raise SystemExit(f"{name}: {result.stderr.strip().splitlines()[-1]}")
+                    with open(path) as f:
+                        record = json.load(f)
+                    step = record["steps"][-1]
+                    rows.append((config, topology, f"{data} x {fsdp} x 1", record["batch_size"], remat, step))
+    lines = ["| config | topology | data x fsdp x tensor | global batch | remat | N | arguments | temporaries "
+             "| total per device | HBM | fits |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    gib = 2**30
+    for config, topology, mesh, batch, remat, s in rows:
+        fits = "yes" if not s["error"] and s["per_device_bytes"] <= s["hbm_bytes"] else "**no**"
+        lines.append(f"| {config} | {topology} | {mesh} | {batch} | {remat} | {s['steps']} "
+                     f"| {s['argument_bytes'] / gib:.2f} | {s['temp_bytes'] / gib:.2f} "
+                     f"| {s['per_device_bytes'] / gib:.2f} | {s['hbm_bytes'] / gib:.2f} | {fits} |")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(FLAGS.out, "table.md"), "w") as f:
+        f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,73 @@
+"""Proves that a run fits a TPU topology before the pod is booked: compiles the
+Trainer's own sharded, donated train step for the topology's compile-only
+devices (libtpu, on this CPU machine) for every step count the recipe draws,
+and reports per-device memory against the chip's HBM.
+
+    python -m train.aot --config configs/gpt2_small_shared.py --topology v5e:4x4 --out aot.json
+    python -m train.aot --config configs/gpt2_small_shared.py --topology v5e:16x16 \\
+        --config.mesh.fsdp=16 --config.model.remat=full
+
+Exit status: 0 if every step fits, 1 if one does not (the message names the
+config, topology, mesh and shortfall), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["JAX_PLATFORMS"] = "cpu"  # compile-only TPU devices; nothing runs on an accelerator
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x4, v5p:4x4x4")
+flags.DEFINE_string("out", None, "write the figures as JSON here")
+flags.mark_flags_as_required(["config", "topology"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.ERROR)
+    from etils import epath
+
+    from odeplm.aot import compile_for_topology, format_table
+    from odeplm.config import ConfigError
+    from odeplm.sharding import MeshError
+    from odeplm.topology import GIB, Topology, TopologyError
+
+    config, name = FLAGS.config, config_flags.get_config_filename(FLAGS["config"])
+    try:
+        topology = Topology.parse(FLAGS.topology)
+        results = compile_for_topology(config, topology)
+    except (ConfigError, MeshError, TopologyError) as error:
+        print(f"train.aot: {name} on {FLAGS.topology}: {error}", file=sys.stderr)
+        sys.exit(2)
+    mesh = f"data={config.mesh.data} x fsdp={config.mesh.fsdp} x tensor={config.mesh.tensor}"
+    print(f"{name} on {topology.name} ({topology.chips} chips), mesh {mesh}, "
+          f"global batch {config.train.batch_size}, remat {config.model.remat}")
+    print(format_table(results))
+    if FLAGS.out:
+        record = {"config": name, "topology": topology.name, "chips": topology.chips,
+                  "mesh": dict(config.mesh), "batch_size": config.train.batch_size, "remat": config.model.remat,
+                  "steps": [dataclasses.asdict(r) for r in results]}
+        out = epath.Path(FLAGS.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2))
+    failing = [r for r in results if not r.fits]
+    if failing:
+        worst = max(failing, key=lambda r: r.per_device_bytes)
+        print(f"train.aot: {name} does not fit {topology.name} with mesh {mesh}: step count {worst.steps} needs "
+              f"{worst.per_device_bytes / GIB:.2f} GiB per device, {(worst.per_device_bytes - worst.hbm_bytes) / GIB:.2f}"
+              f" GiB over the {worst.hbm_bytes / GIB:.2f} GiB HBM", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
