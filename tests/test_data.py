@@ -1,4 +1,4 @@
-"""Corpus builders, tokenizer, packing, masking and step-indexed batches."""
+"""Corpus builders, tokenizer, masking and step-indexed batches."""
 
 import json
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg, text_source
-from odeplm.data.pipeline import Batches, pack, token_stream
-from odeplm.data.tokenizer import EOS, MASK, PAD, Tokenizer
+from odeplm.data.pipeline import Batches
+from odeplm.data.tokenizer import MASK, PAD, Tokenizer
 
 
 def test_strip_gutenberg_keeps_only_the_work():
@@ -61,15 +61,6 @@ def test_tokenizer_round_trips_text_and_saves_as_json(tokenizer):
     assert again.encode(text) == ids and again.fingerprint == tokenizer.fingerprint
 
 
-def test_packing_keeps_every_token_once_as_a_target():
-    stream = np.arange(1, 24, dtype=np.int32)
-    rows = pack(stream, 5)
-    assert rows.shape == (5, 6)
-    targets = rows[:, 1:].ravel()
-    np.testing.assert_array_equal(targets[targets != PAD], stream[1:])
-    np.testing.assert_array_equal(rows[1:, 0], rows[:-1, -1])  # rows overlap by one token
-
-
 def test_masking_statistics_and_never_padding():
     rng = np.random.default_rng(0)
     rows = rng.integers(5, 1000, (2000, 65)).astype(np.int32)
@@ -100,22 +91,23 @@ def test_batches_depend_only_on_seed_step_and_process_slice(objective):
             np.testing.assert_array_equal(whole[key], again[key])
             np.testing.assert_array_equal(whole[key], np.concatenate([h[key] for h in halves]))
             np.testing.assert_array_equal(whole[key], np.concatenate([q[key] for q in quarters]))
-    assert not np.array_equal(batches.batch(0)["tokens"], batches.batch(1)["tokens"])
-    epoch = np.concatenate([batches.row_ids(s)[:, 0] for s in range(5)])[:37]
-    assert sorted(epoch.tolist()) == list(range(37))  # an epoch visits every row once
+    assert not np.array_equal(batches.batch(0)["targets"], batches.batch(1)["targets"])
+    # Read ahead from step 3 on, as process 1 of 2: the same slices as random access.
+    reader = batches.iterate(3, 1, 2)
+    for step in (3, 4, 5):
+        np.testing.assert_array_equal(next(reader)["tokens"], batches.batch(step, 1, 2)["tokens"])
+    if objective == "causal":  # an epoch visits every row once, and the next epoch is another order
+        drawn = np.concatenate([np.concatenate([b["tokens"], b["targets"][:, -1:]], 1)
+                                for b in map(batches.batch, range(10))])
+        for epoch in drawn[:37], drawn[37:74]:
+            assert sorted(map(tuple, epoch)) == sorted(map(tuple, rows))
+        assert not np.array_equal(drawn[:37], drawn[37:74])
     with pytest.raises(ValueError, match="does not split over 3 processes"):
         batches.batch(0, 0, 3)
 
 
 def test_causal_batches_shift_targets_by_one():
-    rows = pack(np.arange(5, 40, dtype=np.int32), 8)
-    batch = Batches(rows, global_batch=2, objective="causal", vocab_size=64, shuffle=False).batch(0)
-    np.testing.assert_array_equal(batch["tokens"][:, 1:], batch["targets"][:, :-1])
-
-
-def test_token_stream_separates_documents_and_caches(tmp_path, tokenizer):
-    texts = ["First document.", "Second one."]
-    path = str(tmp_path / "cache" / "stream.npy")
-    stream = token_stream(texts, tokenizer, path)
-    assert (stream == EOS).sum() == 2 and stream[-1] == EOS
-    np.testing.assert_array_equal(token_stream(["ignored"], tokenizer, path), stream)
+    rows = np.arange(5, 41, dtype=np.int32).reshape(4, 9)
+    batch = Batches(rows, global_batch=2, objective="causal", vocab_size=64, shuffle=False).batch(1)
+    np.testing.assert_array_equal(batch["tokens"], rows[2:, :-1])
+    np.testing.assert_array_equal(batch["targets"], rows[2:, 1:])

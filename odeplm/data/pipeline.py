@@ -1,50 +1,30 @@
-"""Token streams packed into fixed-length rows, and batches indexed by step.
+"""Step-indexed batches of token windows, read through grain.
 
-The batch at step s depends only on (seed, s, process count, process index):
-rows are drawn from a per-epoch permutation of the whole split, each process
-takes its contiguous slice of the global batch, and masking is seeded by
-(seed, epoch, row). Resuming at step s needs no iterator state.
+The batch at step s depends only on (seed, s): grain's index shuffle gives a
+fresh permutation of the windows each epoch without materialising it, global
+position s * batch + j holds the j-th window of step s, and masking is seeded by
+(seed, position). Each process reads only its contiguous slice of a step's
+batch, so resuming, or changing the host count, replays the same global batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Iterator
 
+import grain
 import numpy as np
 
-from odeplm.data.corpus import text_source
-from odeplm.data.tokenizer import EOS, MASK, PAD, Tokenizer
+from odeplm.data.prepared import TokenFiles, TokenWindows, builds_locally, prepare_split
+from odeplm.data.tokenizer import MASK, PAD, Tokenizer
 
 
-def token_stream(texts, tokenizer: Tokenizer, cache_path: str | None = None) -> np.ndarray:
-    """Every document's tokens followed by EOS, concatenated; cached as .npy when a path is given."""
-    if cache_path and os.path.exists(cache_path):
-        return np.load(cache_path, allow_pickle=False)
-    pieces = [np.asarray(tokenizer.encode(texts[i]) + [EOS], np.int32) for i in range(len(texts))]
-    stream = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
-    if cache_path:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        np.save(cache_path + ".tmp.npy", stream)
-        os.replace(cache_path + ".tmp.npy", cache_path)
-    return stream
-
-
-def pack(stream: np.ndarray, length: int) -> np.ndarray:
-    """Rows of `length + 1` tokens, overlapping by one, so each row gives `length`
-    inputs and their next-token targets; the last row is padded."""
-    rows = max(1, -(-(len(stream) - 1) // length))
-    padded = np.full(rows * length + 1, PAD, np.int32)
-    padded[: len(stream)] = stream[: len(padded)]
-    index = np.arange(rows)[:, None] * length + np.arange(length + 1)[None]
-    return padded[index]
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Batches:
-    """Step-indexed batches over packed rows for a masked or causal objective."""
+    """Batches over windows of `length + 1` tokens (`TokenWindows`, or an array of
+    rows: anything indexed by an array of window ids) for a masked or causal objective."""
 
-    rows: np.ndarray  # [num_rows, length + 1]
+    windows: TokenWindows | np.ndarray
     global_batch: int
     objective: str
     vocab_size: int
@@ -55,40 +35,47 @@ class Batches:
     def __post_init__(self):
         if self.global_batch < 1:
             raise ValueError(f"global_batch must be positive, got {self.global_batch}")
-        if len(self.rows) < 1:
-            raise ValueError("no rows to draw batches from")
-
-    def row_ids(self, step: int) -> np.ndarray:
-        """Global row ids of the batch at `step` (epochs permuted by seed and epoch)."""
-        positions = step * self.global_batch + np.arange(self.global_batch)
-        epochs, offsets = np.divmod(positions, len(self.rows))
-        ids = np.empty_like(positions)
-        for epoch in np.unique(epochs):
-            order = (np.random.default_rng([self.seed, int(epoch)]).permutation(len(self.rows))
-                     if self.shuffle else np.arange(len(self.rows)))
-            ids[epochs == epoch] = order[offsets[epochs == epoch]]
-        return np.stack([ids, epochs], axis=1)
+        if len(self.windows) < 1:
+            raise ValueError("no windows to draw batches from")
 
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
         """This process's slice of the global batch at `step`."""
+        return self._dataset(self._local(process_count))[step * process_count + process_index]
+
+    def iterate(self, start_step: int, process_index: int = 0, process_count: int = 1, *, threads: int = 2,
+                prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
+        """This process's slices from `start_step` on, read ahead by background threads."""
+        dataset = self._dataset(self._local(process_count))[start_step * process_count + process_index::process_count]
+        return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
+
+    def _local(self, process_count: int) -> int:
         if self.global_batch % process_count:
             raise ValueError(f"global batch {self.global_batch} does not split over {process_count} processes")
-        local = self.global_batch // process_count
-        ids = self.row_ids(step)[process_index * local : (process_index + 1) * local]
-        rows = self.rows[ids[:, 0]]
+        return self.global_batch // process_count
+
+    def _dataset(self, local: int) -> grain.MapDataset:
+        """Element k: the windows at global positions [k * local, (k + 1) * local),
+        read in one batched call."""
+        order = grain.MapDataset.range(len(self.windows))
+        if self.shuffle:
+            order = order.shuffle(seed=self.seed)
+        indices = order.repeat().batch(local, batch_fn=np.array)
+        return indices.map_with_index(lambda k, ids: self._finish(self.windows[ids], k * local))
+
+    def _finish(self, rows: np.ndarray, first_position: int) -> dict[str, np.ndarray]:
         if self.objective == "causal":
             inputs, targets = rows[:, :-1], rows[:, 1:]
             return {"tokens": inputs, "padding_mask": inputs != PAD, "targets": targets,
                     "weights": (targets != PAD).astype(np.float32)}
         tokens = rows[:, :-1]
-        masked = [self._mask(row, row_id, epoch) for row, (row_id, epoch) in zip(tokens, ids)]
+        masked = [self._mask(row, first_position + j) for j, row in enumerate(tokens)]
         inputs, weights = (np.stack(x) for x in zip(*masked))
         return {"tokens": inputs, "padding_mask": tokens != PAD, "targets": tokens, "weights": weights}
 
-    def _mask(self, row: np.ndarray, row_id: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    def _mask(self, row: np.ndarray, position: int) -> tuple[np.ndarray, np.ndarray]:
         """BERT masking: `mask_rate` of real tokens are targets; of those 80% become
         [MASK], 10% a random token, 10% stay. Padding is never chosen."""
-        rng = np.random.default_rng([self.seed, int(epoch), int(row_id), 1])
+        rng = np.random.default_rng([self.seed, position, 1])
         chosen = (rng.random(row.shape) < self.mask_rate) & (row != PAD)
         action = rng.random(row.shape)
         random_tokens = rng.integers(MASK + 1, self.vocab_size, row.shape)
@@ -99,10 +86,9 @@ class Batches:
 
 def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, length: int, batch_size: int,
                   objective: str, seed: int = 0, shuffle: bool) -> Batches:
-    """Batches over one split of a dataset (see `text_source`), its tokens cached
-    under `data_dir` by the tokenizer's fingerprint."""
-    texts = text_source(dataset, split, data_dir)
-    name = dataset.replace("/", "_").replace(":", "_")
-    cache = os.path.join(data_dir, "odeplm_tokens", f"{name}-{split}-{tokenizer.fingerprint}.npy")
-    rows = pack(token_stream(texts, tokenizer, cache), length)
-    return Batches(rows, batch_size, objective, tokenizer.vocab_size, seed=seed, shuffle=shuffle)
+    """Batches over one prepared split (see `odeplm.data.prepared`); our own
+    local datasets are tokenized on first use."""
+    files = (prepare_split(dataset, split, data_dir, tokenizer) if builds_locally(dataset)
+             else TokenFiles.open(dataset, split, data_dir, tokenizer))
+    windows = TokenWindows(files, length)
+    return Batches(windows, batch_size, objective, tokenizer.vocab_size, seed=seed, shuffle=shuffle)

@@ -1,0 +1,152 @@
+"""Data-pipeline throughput and memory at corpus scale: tokens/s one process
+reads, and its peak RSS, from a small and a large generated token corpus, set
+against what training consumes per host.
+
+    python -m eval.data_speed --out results/data_speed.json
+    python -m eval.data_speed --sizes 10MB,1GB,10GB --rounds 3
+
+Each corpus is written once under --corpora with the library's own shard
+writer (random token ids, gpt2_small_shared's vocabulary). Every read runs in a
+fresh process, the sizes interleaved round by round, through the Trainer's
+reader: `Batches.iterate` over `TokenWindows`, with this host's slice of
+gpt2_small_shared's global batch. Training's consumption per host is
+chips per host x bf16 peak x the assumed MFU / training FLOPs per token, at
+the recipe's fewest steps (the fastest step eats tokens fastest).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "write the figures as JSON here")
+flags.DEFINE_string("sizes", "10MB,1GB", "corpus sizes (token bytes)")
+flags.DEFINE_integer("rounds", 3, "interleaved rounds of reads")
+flags.DEFINE_integer("steps", 40, "batches timed per read")
+flags.DEFINE_string("corpora", os.path.join(os.path.expanduser("~"), ".cache", "odeplm_data_speed"),
+                    "where the generated corpora are written (kept for the next run)")
+flags.DEFINE_string("topology", "v5e:4x4", "the pod whose per-host batch and chips set the consumption")
+flags.DEFINE_float("mfu", 0.5, "model-FLOPs utilisation assumed for training's consumption")
+flags.DEFINE_string("read", None, "internal: read this corpus directory and print one JSON line")
+
+FINGERPRINT = "generated"
+UNITS = {"MB": 10**6, "GB": 10**9}
+
+
+def parse_size(text: str) -> int:
+    number, unit = text[:-2], text[-2:].upper()
+    if unit not in UNITS or not number.isdigit():
+        raise app.UsageError(f"--sizes: {text!r} is not like 10MB or 1GB")
+    return int(number) * UNITS[unit]
+
+
+def training_demand(topology_name: str, mfu: float) -> dict:
+    """gpt2_small_shared's per-host batch, and the tokens/s one host consumes."""
+    from configs import gpt2_small_shared
+    from odeplm.config import ModelConfig
+    from odeplm.metrics import forward_flops_per_token
+    from odeplm.settings import TrainSettings
+    from odeplm.solvers import fixed_nfe
+    from odeplm.topology import Topology
+
+    config = gpt2_small_shared.get_config()
+    model, settings = ModelConfig.from_dict(config.model), TrainSettings.from_config(config)
+    topology = Topology.parse(topology_name)
+    chips_per_host = int(np.prod(topology.generation.chips_per_host))
+    hosts = max(1, topology.chips // chips_per_host)
+    nfe = min(fixed_nfe(model.depth, settings.discretisation.solves(model.depth, steps))
+              for steps in settings.discretisation.steps or (None,))
+    flops_per_token = 3 * forward_flops_per_token(model, nfe, model.max_length)
+    tokens_per_second = chips_per_host * topology.generation.peak_bf16_flops * mfu / flops_per_token
+    return {"config": "gpt2_small_shared", "topology": topology.name, "hosts": hosts, "host_batch": settings.batch_size // hosts,
+            "length": model.max_length, "vocab_size": model.vocab_size, "nfe": nfe, "mfu": mfu,
+            "training_tokens_per_second_per_host": tokens_per_second}
+
+
+def generate(directory: str, size: int, vocab_size: int) -> None:
+    """A corpus of `size` bytes of uint16 token ids in 16 shards, written piece by piece."""
+    from odeplm.data.prepared import RECORD_TOKENS, count_tokens, write_manifest, write_shard
+
+    if os.path.exists(os.path.join(directory, "manifest.json")):
+        return
+    os.makedirs(directory, exist_ok=True)
+    shards, dtype = 16, np.dtype(np.uint16)
+    per_shard = size // dtype.itemsize // shards
+    rng = np.random.default_rng(0)
+
+    def pieces(count):
+        for start in range(0, count, 1 << 20):
+            yield rng.integers(5, vocab_size, min(1 << 20, count - start), dtype=np.uint16)
+
+    names = [f"shard-{k:05d}-of-{shards:05d}.array_record" for k in range(shards)]
+    for name in names:
+        write_shard(os.path.join(directory, name), pieces(per_shard), dtype)
+    counts = [count_tokens(os.path.join(directory, name), dtype) for name in names]
+    write_manifest(directory, names, counts, dtype, RECORD_TOKENS, FINGERPRINT)
+
+
+def read(directory: str, steps: int, host_batch: int, length: int, vocab_size: int) -> dict:
+    """Reads `steps` batches as process 0 of a host would; tokens/s and peak RSS."""
+    from odeplm.data.pipeline import Batches
+    from odeplm.data.prepared import TokenFiles, TokenWindows
+
+    windows = TokenWindows(TokenFiles.read(directory, FINGERPRINT), length)
+    batches = Batches(windows, host_batch, "causal", vocab_size, seed=0)
+    reader = batches.iterate(0)
+    for _ in range(3):  # threads started, first records read
+        next(reader)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batch = next(reader)
+    seconds = time.perf_counter() - start
+    assert batch["tokens"].shape == (host_batch, length)
+    return {"tokens_per_second": steps * host_batch * length / seconds, "windows": len(windows),
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
+def main(argv):
+    del argv
+    demand = training_demand(FLAGS.topology, FLAGS.mfu)
+    if FLAGS.read:
+        print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
+                              demand["vocab_size"])))
+        return
+    sizes = [s.strip() for s in FLAGS.sizes.split(",")]
+    for size in sizes:
+        generate(os.path.join(FLAGS.corpora, size), parse_size(size), demand["vocab_size"])
+    runs = {size: [] for size in sizes}
+    for _ in range(FLAGS.rounds):
+        for size in sizes:
+            out = subprocess.run([sys.executable, "-m", "eval.data_speed", f"--read={os.path.join(FLAGS.corpora, size)}",
+                                  f"--steps={FLAGS.steps}", f"--topology={FLAGS.topology}", f"--mfu={FLAGS.mfu}"],
+                                 check=True, capture_output=True, text=True).stdout
+            runs[size].append(json.loads(out.strip().splitlines()[-1]))
+    need = demand["training_tokens_per_second_per_host"]
+    print(f"{demand['config']} on {demand['topology']}: {demand['host_batch']} x {demand['length']} tokens per host "
+          f"per step; training consumes {need:,.0f} tokens/s per host at NFE {demand['nfe']} and "
+          f"{demand['mfu']:.0%} MFU")
+    print("| corpus | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for size in sizes:
+        speed = float(np.median([r["tokens_per_second"] for r in runs[size]]))
+        rss = max(r["peak_rss_bytes"] for r in runs[size])
+        rows.append({"size": size, "windows": runs[size][0]["windows"], "tokens_per_second": speed,
+                     "ratio_to_training": speed / need, "peak_rss_bytes": rss, "runs": runs[size]})
+        print(f"| {size} | {rows[-1]['windows']:,} | {speed:,.0f} | {speed / need:.1f} | {rss / 2**20:.0f} |")
+    if FLAGS.out:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+        with open(FLAGS.out, "w") as f:
+            json.dump({"demand": demand, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

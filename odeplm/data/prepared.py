@@ -1,0 +1,268 @@
+"""A dataset tokenized once into sharded array_record token files, read back as
+fixed-length windows by global index.
+
+Preparing is the one pass over text: a tokenizer trained on a bounded sample of
+the training split, then every split's documents (each followed by EOS, in the
+split's order) cut into records of `record_tokens` tokens, one array_record
+file per shard of documents. Shards are written by parallel workers to a
+temporary name and renamed, so an interrupted prepare resumes where it stopped;
+the manifest is written last and marks the split complete. The layout is
+
+    {data_dir}/odeplm_tokens/{dataset}/tokenizer-{vocab}.json
+    {data_dir}/odeplm_tokens/{dataset}/{tokenizer fingerprint}/{split}/manifest.json, shard-*.array_record
+
+so a split is written once per (dataset, split, tokenizer) and never rewritten.
+Reading holds O(shards) integers and an offloaded record index: memory does
+not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import re
+
+import grain
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from odeplm.config import ConfigError
+from odeplm.data.corpus import DataError, text_source
+from odeplm.data.tokenizer import EOS, Tokenizer
+
+RECORD_TOKENS = 4096
+# Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.
+WRITER_OPTIONS = "group_size:1,uncompressed"
+READER_OPTIONS = {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"}
+TOKENIZER_DOCUMENTS = 100_000  # documents the tokenizer's sample is spread over
+
+
+def dataset_root(dataset: str, data_dir: str) -> str:
+    return os.path.join(data_dir, "odeplm_tokens", re.sub(r"[^A-Za-z0-9._-]+", "_", dataset).strip("_"))
+
+
+def split_directory(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer) -> str:
+    return os.path.join(dataset_root(dataset, data_dir), tokenizer.fingerprint, split)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = 50_000_000,
+                      train: bool = True) -> Tokenizer:
+    """The dataset's tokenizer of `vocab_size` pieces, trained once on a bounded,
+    evenly spread sample of its training split and saved beside its token files."""
+    path = os.path.join(dataset_root(dataset, data_dir), f"tokenizer-{vocab_size}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return Tokenizer.from_json(json.load(f))
+    if not train:
+        raise DataError(f"{dataset!r} has no tokenizer of {vocab_size} pieces under {data_dir}: {path} is missing; "
+                        f"run `python -m train.prepare` with this config once")
+    texts = text_source(dataset, "train", data_dir)
+    sample = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), TOKENIZER_DOCUMENTS)).astype(np.int64))
+    try:
+        tokenizer = Tokenizer.train((texts[int(i)] for i in sample), vocab_size, max_characters=sample_characters)
+    except RuntimeError as error:  # SentencePiece reports an impossible vocabulary this way
+        raise ConfigError("model.vocab_size", f"cannot train a tokenizer of this size: {error}") from None
+    if tokenizer.vocab_size != vocab_size:
+        raise ConfigError("model.vocab_size", f"the corpus supports a tokenizer of {tokenizer.vocab_size} "
+                                              f"pieces, not {vocab_size}")
+    _write_atomically(path, json.dumps(tokenizer.to_json()))
+    return tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenFiles:
+    """One prepared split: its shards, in order, and how many tokens each holds."""
+
+    directory: str
+    shards: tuple[str, ...]
+    shard_tokens: tuple[int, ...]
+    dtype: np.dtype
+    record_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.shard_tokens)
+
+    @classmethod
+    def open(cls, dataset: str, split: str, data_dir: str, tokenizer: Tokenizer) -> "TokenFiles":
+        """The split as prepared with `tokenizer`; a missing, incomplete or
+        differently tokenized split is named, and nothing is written."""
+        directory = split_directory(dataset, split, data_dir, tokenizer)
+        manifest_path = os.path.join(directory, "manifest.json")
+        if not os.path.exists(manifest_path):
+            root = dataset_root(dataset, data_dir)
+            others = sorted(f for f in (os.listdir(root) if os.path.isdir(root) else ())
+                            if os.path.exists(os.path.join(root, f, split, "manifest.json")))
+            if others:
+                raise DataError(f"{dataset!r} split {split!r} under {root} was prepared with another tokenizer "
+                                f"({', '.join(others)}), not this run's ({tokenizer.fingerprint})")
+            raise DataError(f"{dataset!r} split {split!r} is not prepared under {directory} (no manifest.json); "
+                            f"run `python -m train.prepare` with this config once")
+        return cls.read(directory, tokenizer.fingerprint)
+
+    @classmethod
+    def read(cls, directory: str, fingerprint: str) -> "TokenFiles":
+        """The token files under `directory`, checked against their manifest."""
+        manifest_path = os.path.join(directory, "manifest.json")
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        if manifest["tokenizer"] != fingerprint:
+            raise DataError(f"{manifest_path} was written with tokenizer {manifest['tokenizer']}, not {fingerprint}")
+        shards = tuple(os.path.join(directory, shard["file"]) for shard in manifest["shards"])
+        missing = [path for path in shards if not os.path.exists(path)]
+        if missing:
+            raise DataError(f"prepared split {directory} is incomplete: {len(missing)} of {len(shards)} shards "
+                            f"missing, first {missing[0]}")
+        return cls(directory, shards, tuple(s["tokens"] for s in manifest["shards"]), np.dtype(manifest["dtype"]),
+                   manifest["record_tokens"])
+
+
+class TokenWindows:
+    """Window i holds tokens [i * length, (i + 1) * length + 1) of the split's
+    stream: `length` inputs and their next-token targets, overlapping by one.
+    Indexed like a 2-D array: an int gives one window, an array of ints stacks
+    theirs, read from grain's array_record source."""
+
+    def __init__(self, files: TokenFiles, length: int):
+        if files.tokens < length + 1:
+            raise DataError(f"{files.directory} holds {files.tokens} tokens, fewer than one window of {length + 1}")
+        self.files, self.length = files, length
+        self.source = grain.sources.ArrayRecordDataSource(list(files.shards), reader_options=READER_OPTIONS)
+        self.shard_starts = np.concatenate([[0], np.cumsum(files.shard_tokens)]).tolist()
+        records = [-(-n // files.record_tokens) for n in files.shard_tokens]
+        self.record_starts = np.concatenate([[0], np.cumsum(records)]).tolist()
+
+    def __len__(self) -> int:
+        return (self.files.tokens - 1) // self.length
+
+    def __getitem__(self, index) -> np.ndarray:
+        if np.ndim(index) == 0:
+            return self[np.array([index])][0]
+        rows = np.asarray(index).tolist()
+        spans = [self._records(i * self.length, (i + 1) * self.length + 1) for i in rows]
+        records = {key: self.source[key] for span in spans for key, _, _ in span}
+        out = np.empty((len(rows), self.length + 1), np.int32)
+        for row, span in zip(out, spans):
+            filled = 0
+            for key, first, last in span:
+                row[filled:filled + last - first] = np.frombuffer(records[key], self.files.dtype)[first:last]
+                filled += last - first
+        return out
+
+    def _records(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """(record key, first, last) pieces covering tokens [start, stop)."""
+        pieces = []
+        while start < stop:
+            shard = bisect.bisect_right(self.shard_starts, start) - 1
+            local = start - self.shard_starts[shard]
+            record, offset = divmod(local, self.files.record_tokens)
+            take = min(stop - start, self.files.record_tokens - offset, self.shard_starts[shard + 1] - start)
+            pieces.append((self.record_starts[shard] + record, offset, offset + take))
+            start += take
+        return pieces
+
+
+def builds_locally(dataset: str) -> bool:
+    """Our own datasets (the bundled corpus, local files) are small enough to
+    prepare on first use; TFDS datasets are prepared once with `train.prepare`."""
+    return dataset == "shakespeare" or dataset.startswith("files:")
+
+
+def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | int, *, splits=("train", "validation"),
+            shards: int = 16, workers: int = 1, sample_characters: int = 50_000_000) -> dict[str, TokenFiles]:
+    """Every split of `dataset` tokenized by `tokenizer`, or by the dataset's own
+    tokenizer of that many pieces (trained first if it has none)."""
+    if isinstance(tokenizer, int):
+        tokenizer = dataset_tokenizer(dataset, data_dir, tokenizer, sample_characters=sample_characters)
+    return {split: prepare_split(dataset, split, data_dir, tokenizer, shards=shards, workers=workers)
+            for split in splits}
+
+
+def prepare_split(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, shards: int = 16,
+                  workers: int = 1) -> TokenFiles:
+    """Tokenizes one split into `shards` files with `workers` processes; shards
+    already written are kept, and a complete split is returned as it is."""
+    directory = split_directory(dataset, split, data_dir, tokenizer)
+    if os.path.exists(os.path.join(directory, "manifest.json")):
+        return TokenFiles.open(dataset, split, data_dir, tokenizer)
+    documents = len(text_source(dataset, split, data_dir))  # builds our own datasets before workers start
+    shards = max(1, min(shards, documents))
+    os.makedirs(directory, exist_ok=True)
+    names = [f"shard-{k:05d}-of-{shards:05d}.array_record" for k in range(shards)]
+    tasks = [(dataset, split, data_dir, tokenizer.proto, k * documents // shards, (k + 1) * documents // shards,
+              os.path.join(directory, name))
+             for k, name in enumerate(names) if not os.path.exists(os.path.join(directory, name))]
+    if workers > 1 and len(tasks) > 1:
+        context = multiprocessing.get_context("spawn")  # the parent may hold JAX and TFDS threads
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+            list(pool.map(_tokenize_shard, tasks))
+    else:
+        for task in tasks:
+            _tokenize_shard(task)
+    dtype = token_dtype(tokenizer.vocab_size)
+    shard_tokens = [count_tokens(os.path.join(directory, name), dtype) for name in names]
+    write_manifest(directory, names, shard_tokens, dtype, RECORD_TOKENS, tokenizer.fingerprint, documents=documents)
+    return TokenFiles.open(dataset, split, data_dir, tokenizer)
+
+
+def _tokenize_shard(task) -> None:
+    dataset, split, data_dir, proto, first, last, path = task
+    texts, tokenizer = text_source(dataset, split, data_dir), Tokenizer(proto)
+    pieces = (np.asarray(tokenizer.encode(texts[i]) + [EOS]) for i in range(first, last))
+    write_shard(path, pieces, token_dtype(tokenizer.vocab_size))
+
+
+def write_shard(path: str, pieces, dtype: np.dtype, record_tokens: int = RECORD_TOKENS) -> int:
+    """Writes a token stream (an iterable of arrays) as records of `record_tokens`
+    tokens (the last may be shorter) to `path`, atomically; returns its token count."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    writer = ArrayRecordWriter(temporary, WRITER_OPTIONS)
+    buffer, buffered, total = [], 0, 0
+    for piece in pieces:
+        buffer.append(np.asarray(piece, dtype))
+        buffered += len(piece)
+        while buffered >= record_tokens:
+            joined = np.concatenate(buffer)
+            writer.write(joined[:record_tokens].tobytes())
+            buffer, buffered, total = [joined[record_tokens:]], buffered - record_tokens, total + record_tokens
+    if buffered:
+        writer.write(np.concatenate(buffer).tobytes())
+        total += buffered
+    writer.close()
+    os.replace(temporary, path)
+    return total
+
+
+def count_tokens(path: str, dtype: np.dtype, record_tokens: int = RECORD_TOKENS) -> int:
+    """Tokens in one shard: its full records and the length of its last one."""
+    reader = ArrayRecordReader(path)
+    try:
+        records = reader.num_records()
+        last = len(reader.read([records - 1])[0]) // np.dtype(dtype).itemsize if records else 0
+        return (records - 1) * record_tokens + last if records else 0
+    finally:
+        reader.close()
+
+
+def write_manifest(directory: str, names, shard_tokens, dtype: np.dtype, record_tokens: int, fingerprint: str,
+                   **facts) -> None:
+    manifest = {"tokenizer": fingerprint, "dtype": np.dtype(dtype).name, "record_tokens": record_tokens,
+                "tokens": int(sum(shard_tokens)), **facts,
+                "shards": [{"file": name, "tokens": int(n)} for name, n in zip(names, shard_tokens)]}
+    _write_atomically(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=1))
+
+
+def _write_atomically(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)

@@ -1,0 +1,92 @@
+"""Prepared token files: tokenizing local text in parallel into array_record
+shards, reading windows back by global index, resuming, and refusing a split
+that is missing, incomplete or tokenized differently."""
+
+import os
+
+import numpy as np
+import pytest
+
+from odeplm.data.corpus import DataError, text_source
+from odeplm.data.pipeline import split_batches
+from odeplm.data.prepared import TokenFiles, TokenWindows, dataset_tokenizer, prepare_split, split_directory
+from odeplm.data.tokenizer import EOS
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory, corpus_dir):
+    """Sixty local documents cut from Shakespeare's held-out plays."""
+    texts = text_source("shakespeare", "validation", corpus_dir)
+    paragraphs = [p for i in range(len(texts)) for p in texts[i].split("\n\n") if p.strip()]
+    directory = tmp_path_factory.mktemp("documents")
+    for k in range(60):
+        (directory / f"doc{k:02d}.txt").write_text("\n\n".join(paragraphs[k::60][:40]))
+    return f"files:{directory}"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def independent_stream(dataset, split, data_dir, tokenizer) -> np.ndarray:
+    texts = text_source(dataset, split, data_dir)
+    return np.concatenate([np.array(tokenizer.encode(texts[i]) + [EOS]) for i in range(len(texts))])
+
+
+def test_windows_match_an_independent_encoding_of_the_split(documents, data_dir, tokenizer):
+    files = prepare_split(documents, "train", data_dir, tokenizer, shards=5, workers=2)
+    stream = independent_stream(documents, "train", data_dir, tokenizer)
+    assert len(files.shards) == 5 and files.tokens == len(stream) and files.dtype == np.uint16
+    for length in (32, 4096, 5000):  # windows within a record, across records, across shards
+        windows = TokenWindows(files, length)
+        assert len(windows) == (len(stream) - 1) // length
+        chosen = sorted({0, 1, len(windows) // 2, len(windows) - 1})
+        for index, window in zip(chosen, windows[np.array(chosen)]):
+            np.testing.assert_array_equal(window, stream[index * length:(index + 1) * length + 1])
+    batches = split_batches(documents, "train", data_dir, tokenizer, length=64, batch_size=6, objective="causal",
+                            shuffle=False)
+    batch = batches.batch(3, 1, 2)  # process 1 of 2 reads global rows 21, 22, 23
+    np.testing.assert_array_equal(batch["tokens"], stream[21 * 64:24 * 64].reshape(3, 64))
+    np.testing.assert_array_equal(batch["targets"], stream[21 * 64 + 1:24 * 64 + 1].reshape(3, 64))
+
+
+def test_an_interrupted_prepare_resumes_without_rewriting_finished_shards(documents, data_dir, tokenizer, tmp_path):
+    files = prepare_split(documents, "train", data_dir, tokenizer, shards=5, workers=2)
+    expected = independent_stream(documents, "train", data_dir, tokenizer)
+    os.remove(os.path.join(files.directory, "manifest.json"))  # as if killed before the last shard
+    os.remove(files.shards[3])
+    kept = {path: os.stat(path).st_mtime_ns for path in files.shards if os.path.exists(path)}
+    again = prepare_split(documents, "train", data_dir, tokenizer, shards=5, workers=1)
+    assert again == files
+    assert {path: os.stat(path).st_mtime_ns for path in kept} == kept
+    windows = TokenWindows(again, len(expected) - 1)
+    np.testing.assert_array_equal(windows[0], expected)
+
+
+def test_missing_incomplete_or_differently_tokenized_splits_are_named_and_left_alone(documents, data_dir, tokenizer):
+    files = prepare_split(documents, "validation", data_dir, tokenizer, shards=2)
+    other = dataset_tokenizer(documents, data_dir, 400, sample_characters=200_000)
+    assert other.fingerprint != tokenizer.fingerprint
+    with pytest.raises(DataError, match=f"prepared with another tokenizer \\({tokenizer.fingerprint}\\)"):
+        TokenFiles.open(documents, "validation", data_dir, other)
+    assert not os.path.exists(split_directory(documents, "validation", data_dir, other))
+    with pytest.raises(DataError, match="'lm1b' split 'train' is not prepared .* train.prepare"):
+        TokenFiles.open("lm1b", "train", data_dir, tokenizer)
+    os.rename(files.shards[1], files.shards[1] + ".away")
+    before = sorted(os.listdir(files.directory))
+    with pytest.raises(DataError, match=f"incomplete: 1 of 2 shards missing, first {files.shards[1]}"):
+        TokenFiles.open(documents, "validation", data_dir, tokenizer)
+    with pytest.raises(DataError, match="incomplete"):
+        prepare_split(documents, "validation", data_dir, tokenizer)  # a finished split is never rewritten
+    assert sorted(os.listdir(files.directory)) == before
+    with pytest.raises(DataError, match="no tokenizer of 450 pieces .* train.prepare"):
+        dataset_tokenizer(documents, data_dir, 450, train=False)
+
+
+def test_the_dataset_tokenizer_is_trained_once_on_a_bounded_sample(documents, data_dir):
+    first = dataset_tokenizer(documents, data_dir, 360, sample_characters=50_000)
+    assert dataset_tokenizer(documents, data_dir, 360, sample_characters=10**9).fingerprint == first.fingerprint
+    larger = dataset_tokenizer(documents, str(os.path.join(data_dir, "elsewhere")), 360,
+                               sample_characters=10**9)
+    assert larger.fingerprint != first.fingerprint  # the bound changed what it saw
