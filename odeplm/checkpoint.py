@@ -13,7 +13,6 @@ the differing fields named. Nothing is unpickled: arrays and JSON only.
 from __future__ import annotations
 
 import logging
-import os
 
 import jax
 import orbax.checkpoint as ocp
@@ -21,14 +20,15 @@ from jax.experimental import multihost_utils
 
 from odeplm.config import ModelConfig
 from odeplm.data.tokenizer import Tokenizer
+from odeplm.paths import run_path
 
 ITEMS = ("params", "optimizer", "config", "tokenizer")
 
 
 def _normalised(model: dict) -> dict:
-    """A saved model config with defaults filled in for fields added after it was written."""
+    """A saved model config's architecture, with defaults filled in for fields added after it was written."""
     try:
-        return ModelConfig.from_dict(model).to_dict()
+        return ModelConfig.from_dict(model).architecture()
     except ValueError:
         return model
 
@@ -40,8 +40,8 @@ class CheckpointError(ValueError):
 class Checkpointer:
     def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True,
                  create: bool = True):
-        self.directory = os.path.abspath(directory)
-        if not create and not os.path.isdir(self.directory):
+        self.directory = run_path(directory)
+        if not create and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory {self.directory}")
         self.manager = ocp.CheckpointManager(
             self.directory,
@@ -71,7 +71,7 @@ class Checkpointer:
         """Items of the newest readable checkpoint (or `step`): params, config, tokenizer
         (None if not saved), step, and optimizer when `abstract_optimizer` is given.
 
-        `model_config`, when given, must equal the saved model config.
+        `model_config`, when given, must equal the saved model's `ModelConfig.architecture()`.
         """
         candidates = [step] if step is not None else self.steps()[::-1]
         if not candidates:
@@ -89,7 +89,7 @@ class Checkpointer:
                     f"checkpoint {candidate} under {self.directory} holds a different model: fields {fields} differ "
                     f"(saved {[saved.get(k) for k in fields]}, requested {[model_config.get(k) for k in fields]})"
                 )
-            saved_items = set(os.listdir(os.path.join(self.directory, str(candidate))))
+            saved_items = {item.name for item in (self.directory / str(candidate)).iterdir()}
             items = {"params": ocp.args.StandardRestore(abstract_params)}
             if abstract_optimizer is not None:
                 items["optimizer"] = ocp.args.StandardRestore(abstract_optimizer)
@@ -108,12 +108,12 @@ class Checkpointer:
     def _set_aside(self, step: int, error: Exception, *, explicit: bool):
         if explicit:
             raise CheckpointError(f"checkpoint {step} under {self.directory} cannot be read: {error}") from error
-        path = os.path.join(self.directory, str(step))
-        aside = f"{path}.unreadable"
+        path = self.directory / str(step)
+        aside = self.directory / f"{step}.unreadable"
         logging.warning("checkpoint %d cannot be read (%s: %s); moved to %s, trying the previous one",
                         step, type(error).__name__, error, aside)
-        if jax.process_index() == 0 and os.path.exists(path) and not os.path.exists(aside):
-            os.replace(path, aside)
+        if jax.process_index() == 0 and path.exists() and not aside.exists():
+            path.rename(aside)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"odeplm_set_aside_{step}")
         self.manager.reload()

@@ -20,6 +20,7 @@ from odeplm.checkpoint import Checkpointer, CheckpointError
 from odeplm.config import ModelConfig
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.model import LanguageModel
+from odeplm.paths import run_path
 
 
 class Loaded(NamedTuple):
@@ -69,11 +70,11 @@ def load(path: str, step: int | None = None) -> Loaded:
     Reading never changes the directory: a damaged step raises `CheckpointError`
     naming it, and an older one can be asked for with `step`.
     """
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    elif os.path.basename(path).isdigit() and step is None:
-        path, step = os.path.dirname(path), int(os.path.basename(path))
+    path = run_path(path)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    elif path.name.isdigit() and step is None:
+        path, step = path.parent, int(path.name)
     checkpointer = Checkpointer(path, async_save=False, create=False)
     try:
         steps = checkpointer.steps()
@@ -91,7 +92,7 @@ def load(path: str, step: int | None = None) -> Loaded:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                               nnx.to_pure_dict(abstract))
-        restored = checkpointer.restore(target, model_config=config.to_dict(), step=step)
+        restored = checkpointer.restore(target, model_config=config.architecture(), step=step)
     finally:
         checkpointer.close()
     return Loaded(nnx.merge(graphdef, restored["params"]), restored["tokenizer"], restored["config"],

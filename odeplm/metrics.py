@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from tensorboardX import SummaryWriter
 
 from odeplm.config import ModelConfig
+from odeplm.paths import run_path
 
 
 class MetricWriter:
@@ -20,9 +21,10 @@ class MetricWriter:
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self.events = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = run_path(workdir)
+            path.mkdir(parents=True, exist_ok=True)
+            self.events = SummaryWriter(os.fspath(path / "tensorboard"))
+            self.jsonl = (path / "metrics.jsonl").open("a")
 
     def write(self, step: int, values: dict):
         if not self.enabled:

@@ -10,7 +10,6 @@ on a TPU pod (jax.distributed discovers the topology).
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 from absl import app, flags, logging
@@ -32,6 +31,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every save and read at INFO
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from odeplm.paths import run_path
     from odeplm.report import show_outputs, validation_table
     from odeplm.trainer import Trainer
 
@@ -43,8 +43,7 @@ def main(argv):
     if jax.process_index() == 0:
         print(table)
         print(show_outputs(trainer, FLAGS.config.eval.solves))
-        with open(os.path.join(FLAGS.workdir, "validation.json"), "w") as f:
-            json.dump(rows, f, indent=2)
+        (run_path(FLAGS.workdir) / "validation.json").write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
