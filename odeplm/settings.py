@@ -29,6 +29,7 @@ class TrainSettings:
     data_dir: str
     shards: int
     workers: int
+    read_threads: int
     tokenizer_characters: int
     checkpoint_every: int
     keep: int
@@ -44,7 +45,8 @@ class TrainSettings:
             "train.warmup_steps": (train.warmup_steps, 0), "train.grad_accum": (train.grad_accum, 1),
             "train.log_every": (train.log_every, 1), "train.eval_batches": (train.eval_batches, 1),
             "data.shards": (data.shards, 1), "data.workers": (data.workers, 0),
-            "data.tokenizer_characters": (data.tokenizer_characters, 1), "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
+            "data.read_threads": (data.read_threads, 1), "data.tokenizer_characters": (data.tokenizer_characters, 1),
+            "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
         }
         for name, (value, minimum) in values.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -64,7 +66,7 @@ class TrainSettings:
             warmup_steps=train.warmup_steps, weight_decay=float(train.weight_decay), clip_norm=float(train.clip_norm),
             grad_accum=train.grad_accum, log_every=train.log_every, eval_batches=train.eval_batches,
             dataset=data.dataset, data_dir=os.path.expanduser(data.data_dir or "~/tensorflow_datasets"),
-            shards=data.shards, workers=data.workers or os.cpu_count() or 1,
+            shards=data.shards, workers=data.workers or os.cpu_count() or 1, read_threads=data.read_threads,
             tokenizer_characters=data.tokenizer_characters,
             checkpoint_every=ckpt.every, keep=ckpt.keep, async_save=bool(ckpt.async_save),
             mesh=(mesh.data, mesh.fsdp, mesh.tensor),

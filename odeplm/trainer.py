@@ -103,7 +103,8 @@ class Trainer:
         progress = tqdm(total=settings.steps, initial=self.start_step, disable=jax.process_index() != 0,
                         desc="pre-training", unit="step")
         step = self.start_step
-        reader = self.train_batches.iterate(step, jax.process_index(), jax.process_count())
+        reader = self.train_batches.iterate(step, jax.process_index(), jax.process_count(),
+                                            threads=settings.read_threads)
         try:
             while step < settings.steps:
                 drawn = settings.discretisation.draw(settings.seed, step)

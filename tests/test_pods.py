@@ -70,10 +70,9 @@ def test_activation_temporaries_do_not_grow_with_fsdp():
     assert temps["1x8"] <= temps["8x1"] * 1.02, temps
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots"])
-def test_remat_policies_give_the_same_step(remat):
+def test_remat_policies_give_the_same_step():
     """Rematerialisation changes memory, never the update: one step's loss and parameters match."""
-    code = f"""
+    code = """
 import jax, numpy as np
 from configs import tiny
 from odeplm.config import ModelConfig
@@ -81,7 +80,7 @@ from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
 from odeplm.sharding import make_mesh
 results = []
-for remat in ("none", "{remat}"):
+for remat in ("none", "full", "dots"):
     config = tiny.get_config()
     config.model.remat = remat
     program = TrainProgram(ModelConfig.from_dict(config.model), TrainSettings.from_config(config), make_mesh(2, 2, 2))
@@ -91,9 +90,10 @@ for remat in ("none", "{remat}"):
                  weights=np.ones(tokens.shape, np.float32))
     state, metrics = program.step_function(None)(program.init_state(), batch, jax.random.key(0))
     results.append((float(metrics["loss"]), [np.asarray(x) for x in jax.tree.leaves(state["params"])]))
-assert results[0][0] == results[1][0], (results[0][0], results[1][0])
-for a, b in zip(results[0][1], results[1][1]):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+for loss, params in results[1:]:
+    assert loss == results[0][0], (loss, results[0][0])
+    for a, b in zip(results[0][1], params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 print("same")
 """
     result = python(["-c", code], devices=8)

@@ -63,9 +63,10 @@ def main(argv):
     failing = [r for r in results if not r.fits]
     if failing:
         worst = max(failing, key=lambda r: r.per_device_bytes)
+        over = (worst.per_device_bytes - worst.hbm_bytes) / GIB
         print(f"train.aot: {name} does not fit {topology.name} with mesh {mesh}: step count {worst.steps} needs "
-              f"{worst.per_device_bytes / GIB:.2f} GiB per device, {(worst.per_device_bytes - worst.hbm_bytes) / GIB:.2f}"
-              f" GiB over the {worst.hbm_bytes / GIB:.2f} GiB HBM", file=sys.stderr)
+              f"{worst.per_device_bytes / GIB:.2f} GiB per device, {over:.2f} GiB over the "
+              f"{worst.hbm_bytes / GIB:.2f} GiB HBM", file=sys.stderr)
         sys.exit(1)
 
 
