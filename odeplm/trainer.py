@@ -96,7 +96,12 @@ class Trainer:
         length = self.model_config.max_length
         tokens_per_step = settings.batch_size * length
         stop = {"requested": False}
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+        def request_stop(signum, frame):
+            stop.update(requested=True)
+            if signum == signal.SIGINT:  # a second Ctrl-C aborts at once
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
         pending: list[tuple[int, int | None, dict]] = []
         last_good = self.start_step if self.checkpointer.steps() else None
         window_start, window_steps = time.perf_counter(), 0
@@ -129,17 +134,18 @@ class Trainer:
                         optimizer={k: self.state[k] for k in ("step", "opt_state")}, force=True)
                     last_good = step
                 if stop_now:
-                    log.warning("SIGTERM: saved step %d and stopping", step)
+                    log.warning("stop requested (SIGTERM or Ctrl-C): saved step %d and stopping", step)
                     break
         finally:
             progress.close()
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
             self.checkpointer.wait()
             writer.close()
         return {"step": step, "preempted": step < settings.steps}
 
     def _stop_requested(self, local: bool) -> bool:
-        """A SIGTERM on any process stops all of them at the same step."""
+        """A SIGTERM or Ctrl-C on any process stops all of them at the same step."""
         if jax.process_count() == 1:
             return local
         from jax.experimental import multihost_utils

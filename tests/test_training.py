@@ -121,17 +121,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_sigterm_saves_and_exits_cleanly(corpus_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(signum, corpus_dir, tmp_path):
     process = subprocess.Popen(command(tmp_path, corpus_dir, "--config.train.steps=100000",
                                        "--config.checkpoint.every=10"),
                                cwd=ROOT, env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(tmp_path / "checkpoints" / "10", process)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-4000:]
     saved = max(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert 10 <= saved < 100000 and max(logged_losses(tmp_path)) == saved
-    assert "SIGTERM: saved step" in stderr and "validation" not in stdout
+    assert "stop requested (SIGTERM or Ctrl-C): saved step" in stderr and "validation" not in stdout
 
 
 def test_eight_devices_match_one_and_checkpoints_move_between_meshes(corpus_dir, tmp_path):
