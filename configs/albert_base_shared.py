@@ -1,8 +1,13 @@
 """ALBERT-base shaped masked LM (accelerator-sized): Post-LN, factorised
 embeddings (128 -> 768), one block shared over 12 steps, random step counts.
+Its global batch of 4096 fits v5e-256 (data 16 x fsdp 16: 1.89 GiB per chip);
+on v5e-16 it needs --config.train.grad_accum=4 (8.05 GiB; README's pod table):
 
-    python -m train.pretrain --config configs/albert_base_shared.py --workdir gs://bucket/albert \\
-        --config.data.dataset=wikipedia/20230601.en --config.mesh.fsdp=4
+    python -m train.prepare --config configs/albert_base_shared.py \\
+        --config.data.dataset=wikipedia/20230601.en --config.data.data_dir=/mnt/data
+    python -m train.aot --config configs/albert_base_shared.py --topology v5e:16x16 --config.mesh.fsdp=16
+    python -m train.pretrain --config configs/albert_base_shared.py --workdir gs://bucket/albert --distributed \\
+        --config.data.dataset=wikipedia/20230601.en --config.data.data_dir=/mnt/data --config.mesh.fsdp=16
 """
 
 from configs import base

@@ -1,8 +1,12 @@
 """GPT-2-small shaped causal LM (accelerator-sized): Pre-LN, one block shared
-over 12 steps, random step counts.
+over 12 steps, random step counts. On v5e-16 (data 2 x fsdp 8: 8.36 GiB of
+15.75 per chip, README's pod table):
 
-    python -m train.pretrain --config configs/gpt2_small_shared.py --workdir gs://bucket/gpt2 \\
-        --config.data.dataset=c4/en --config.mesh.fsdp=8
+    python -m train.prepare --config configs/gpt2_small_shared.py --config.data.dataset=c4/en \\
+        --config.data.data_dir=/mnt/data
+    python -m train.aot --config configs/gpt2_small_shared.py --topology v5e:4x4 --config.mesh.fsdp=8
+    python -m train.pretrain --config configs/gpt2_small_shared.py --workdir gs://bucket/gpt2 --distributed \\
+        --config.data.dataset=c4/en --config.data.data_dir=/mnt/data --config.mesh.fsdp=8
 """
 
 from configs import base

@@ -28,7 +28,7 @@ MESHES = {16: ((16, 1), (4, 4), (2, 8), (1, 16)), 256: ((256, 1), (16, 16), (1, 
 def main(argv):
     del argv
     os.makedirs(FLAGS.out, exist_ok=True)
-    rows = []
+    rows: dict[tuple, dict] = {}
     for config in FLAGS.configs:
         module = __import__(f"configs.{config}", fromlist=["get_config"])
         largest = max(int(n) for n in str(module.get_config().train.step_counts or "0").split(",") if n)
@@ -48,16 +48,19 @@ def main(argv):
                             raise SystemExit(f"{name}: {result.stderr.strip().splitlines()[-1]}")
                     with open(path) as f:
                         record = json.load(f)
-                    step = record["steps"][-1]
-                    rows.append((config, topology, f"{data} x {fsdp} x 1", record["batch_size"], remat, step))
-    lines = ["| config | topology | data x fsdp x tensor | global batch | remat | N | arguments | temporaries "
-             "| total per device | HBM | fits |", "|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+                    key = (config, topology, f"{data} x {fsdp} x 1", record["batch_size"])
+                    rows.setdefault(key, {})[remat] = record["steps"][-1]
     gib = 2**30
-    for config, topology, mesh, batch, remat, s in rows:
-        fits = "yes" if not s["error"] and s["per_device_bytes"] <= s["hbm_bytes"] else "**no**"
-        lines.append(f"| {config} | {topology} | {mesh} | {batch} | {remat} | {s['steps']} "
-                     f"| {s['argument_bytes'] / gib:.2f} | {s['temp_bytes'] / gib:.2f} "
-                     f"| {s['per_device_bytes'] / gib:.2f} | {s['hbm_bytes'] / gib:.2f} | {fits} |")
+    header = " | ".join(f"total, remat {remat}" for remat in FLAGS.remat)
+    lines = [f"| config | topology | data x fsdp x tensor | global batch | N | arguments | temporaries (none) "
+             f"| {header} | fits |", "|---|---|---|---:|---:|---:|---:|" + "---:|" * len(FLAGS.remat) + "---|"]
+    for (config, topology, mesh, batch), steps in rows.items():
+        first = steps[FLAGS.remat[0]]
+        fits = all(not s["error"] and s["per_device_bytes"] <= s["hbm_bytes"] for s in steps.values())
+        totals = " | ".join(f"{steps[remat]['per_device_bytes'] / gib:.2f}" for remat in FLAGS.remat)
+        lines.append(f"| {config} | {topology} | {mesh} | {batch} | {first['steps']} "
+                     f"| {first['argument_bytes'] / gib:.2f} | {first['temp_bytes'] / gib:.2f} | {totals} "
+                     f"| {'yes' if fits else '**no**'} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(FLAGS.out, "table.md"), "w") as f:

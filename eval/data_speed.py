@@ -36,6 +36,7 @@ flags.DEFINE_string("corpora", os.path.join(os.path.expanduser("~"), ".cache", "
 flags.DEFINE_string("topology", "v5e:4x4", "the pod whose per-host batch and chips set the consumption")
 flags.DEFINE_float("mfu", 0.5, "model-FLOPs utilisation assumed for training's consumption")
 flags.DEFINE_integer("threads", None, "reader threads per process (default: the config's data.read_threads)")
+flags.DEFINE_enum("index", None, ["offloaded", "in_memory"], "record index (default: the config's data.record_index)")
 flags.DEFINE_string("read", None, "internal: read this corpus directory and print one JSON line")
 
 FINGERPRINT = "generated"
@@ -69,7 +70,8 @@ def training_demand(topology_name: str, mfu: float) -> dict:
     tokens_per_second = chips_per_host * topology.generation.peak_bf16_flops * mfu / flops_per_token
     return {"config": "gpt2_small_shared", "topology": topology.name, "hosts": hosts,
             "host_batch": settings.batch_size // hosts, "length": model.max_length, "vocab_size": model.vocab_size,
-            "read_threads": settings.read_threads, "nfe": nfe, "mfu": mfu,
+            "read_threads": settings.read_threads, "record_index": settings.record_index, "nfe": nfe,
+            "mfu": mfu,
             "training_tokens_per_second_per_host": tokens_per_second}
 
 
@@ -95,12 +97,13 @@ def generate(directory: str, size: int, vocab_size: int) -> None:
     write_manifest(directory, names, counts, dtype, RECORD_TOKENS, FINGERPRINT)
 
 
-def read(directory: str, steps: int, host_batch: int, length: int, vocab_size: int, threads: int) -> dict:
+def read(directory: str, steps: int, host_batch: int, length: int, vocab_size: int, threads: int,
+         index: str) -> dict:
     """Reads `steps` batches as process 0 of a host would; tokens/s and peak RSS."""
     from odeplm.data.pipeline import Batches
     from odeplm.data.prepared import TokenFiles, TokenWindows
 
-    windows = TokenWindows(TokenFiles.read(directory, FINGERPRINT), length)
+    windows = TokenWindows(TokenFiles.read(directory, FINGERPRINT), length, index)
     batches = Batches(windows, host_batch, "causal", vocab_size, seed=0)
     reader = batches.iterate(0, threads=threads)
     for _ in range(3):  # threads started, first records read
@@ -118,9 +121,10 @@ def main(argv):
     del argv
     demand = training_demand(FLAGS.topology, FLAGS.mfu)
     threads = FLAGS.threads or demand["read_threads"]
+    index = FLAGS.index or demand["record_index"]
     if FLAGS.read:
         print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
-                              demand["vocab_size"], threads)))
+                              demand["vocab_size"], threads, index)))
         return
     sizes = [s.strip() for s in FLAGS.sizes.split(",")]
     for size in sizes:
@@ -130,13 +134,13 @@ def main(argv):
         for size in sizes:
             command = [sys.executable, "-m", "eval.data_speed", f"--read={os.path.join(FLAGS.corpora, size)}",
                        f"--steps={FLAGS.steps}", f"--topology={FLAGS.topology}", f"--mfu={FLAGS.mfu}",
-                       f"--threads={threads}"]
+                       f"--threads={threads}", f"--index={index}"]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             runs[size].append(json.loads(out.strip().splitlines()[-1]))
     need = demand["training_tokens_per_second_per_host"]
     print(f"{demand['config']} on {demand['topology']}: {demand['host_batch']} x {demand['length']} tokens per host "
           f"per step; training consumes {need:,.0f} tokens/s per host at NFE {demand['nfe']} and "
-          f"{demand['mfu']:.0%} MFU; {threads} reader threads, {os.cpu_count()} cores")
+          f"{demand['mfu']:.0%} MFU; {threads} reader threads, record index {index}, {os.cpu_count()} cores")
     print("| corpus | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
     print("|---|---|---|---|---|")
     rows = []
@@ -149,7 +153,8 @@ def main(argv):
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:
-            json.dump({"demand": demand, "threads": threads, "cores": os.cpu_count(), "rows": rows}, f, indent=2)
+            json.dump({"demand": demand, "threads": threads, "record_index": index, "cores": os.cpu_count(),
+                       "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ class CompiledStep:
         return not self.error and self.per_device_bytes <= self.hbm_bytes
 
 
-def compile_for_topology(config: ConfigDict, topology: Topology) -> list[CompiledStep]:
-    """Compiles the run's train step for `topology`, once per step count it can draw."""
+def compile_for_topology(config: ConfigDict, topology: Topology) -> tuple[dict[str, int], list[CompiledStep]]:
+    """Compiles the run's train step for `topology`, once per step count it can
+    draw; returns the mesh it resolved (data=-1 filled in) and one result per count."""
     settings = TrainSettings.from_config(config)
     model_config = ModelConfig.from_dict(config.model)
     mesh = make_mesh(*settings.mesh, devices=topology.devices())
@@ -78,7 +79,7 @@ def compile_for_topology(config: ConfigDict, topology: Topology) -> list[Compile
         results.append(CompiledStep(
             steps or model_config.layers, nfe, memory.argument_size_in_bytes, memory.output_size_in_bytes,
             memory.alias_size_in_bytes, memory.temp_size_in_bytes, total, hbm, seconds, flops))
-    return results
+    return dict(mesh.shape), results
 
 
 def format_table(results: list[CompiledStep]) -> str:

@@ -13,8 +13,8 @@ from flax import nnx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from odeplm.block import HIDDEN, dense, dropout, layer_norm, logical
-from odeplm.sharding import constrain
 from odeplm.config import ModelConfig
+from odeplm.sharding import constrain
 
 
 def embed(config: ModelConfig, rows: int, axes: tuple[str, str], rngs: nnx.Rngs) -> nnx.Embed:

@@ -8,6 +8,7 @@ import os
 from ml_collections import ConfigDict
 
 from odeplm.config import ConfigError
+from odeplm.data.prepared import INDEX_OPTIONS
 from odeplm.recipe import Discretisation
 
 
@@ -30,6 +31,7 @@ class TrainSettings:
     shards: int
     workers: int
     read_threads: int
+    record_index: str
     tokenizer_characters: int
     checkpoint_every: int
     keep: int
@@ -59,6 +61,8 @@ class TrainSettings:
         if train.batch_size % train.grad_accum:
             raise ConfigError("train.grad_accum", f"batch size {train.batch_size} is not divisible into "
                                                   f"{train.grad_accum} micro-batches")
+        if data.record_index not in INDEX_OPTIONS:
+            raise ConfigError("data.record_index", f"must be one of {sorted(INDEX_OPTIONS)}, got {data.record_index!r}")
         if not data.dataset:
             raise ConfigError("data.dataset", "is empty")
         return cls(
@@ -67,6 +71,7 @@ class TrainSettings:
             grad_accum=train.grad_accum, log_every=train.log_every, eval_batches=train.eval_batches,
             dataset=data.dataset, data_dir=os.path.expanduser(data.data_dir or "~/tensorflow_datasets"),
             shards=data.shards, workers=data.workers or os.cpu_count() or 1, read_threads=data.read_threads,
+            record_index=data.record_index,
             tokenizer_characters=data.tokenizer_characters,
             checkpoint_every=ckpt.every, keep=ckpt.keep, async_save=bool(ckpt.async_save),
             mesh=(mesh.data, mesh.fsdp, mesh.tensor),

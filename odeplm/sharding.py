@@ -73,8 +73,9 @@ def spec_for(names: tuple[str | None, ...] | None, shape: tuple[int, ...],
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    """Pins an activation's sharding by logical axis names under the mesh set with
-    `jax.set_mesh`; without one (single-device inference) it changes nothing."""
+    """Pins an activation's sharding by logical axis names under the abstract mesh
+    in effect (`TrainProgram` traces its step under one); without a mesh
+    (single-device inference) it changes nothing."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x

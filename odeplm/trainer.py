@@ -83,7 +83,8 @@ class Trainer:
     def _batches(self, split: str, *, shuffle: bool) -> Batches:
         return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,
                              length=self.model_config.max_length, batch_size=self.settings.batch_size,
-                             objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle)
+                             objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle,
+                             index=self.settings.record_index)
 
     def save_config(self) -> dict:
         return {"model": self.model_config.to_dict(), "run": self.config.to_dict()}

@@ -217,6 +217,9 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(train=dict(solver="rk45")), ConfigError, "train.solver"),
         (dict(model=dict(depth="0")), ConfigError, "depth"),
         (dict(model=dict(vocab_size=100)), ConfigError, "model.vocab_size"),
+        (dict(data=dict(record_index="mmap")), ConfigError, "data.record_index"),
+        (dict(data=dict(read_threads=0)), ConfigError, "data.read_threads"),
+        (dict(data=dict(shards=0)), ConfigError, "data.shards"),
     ],
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):

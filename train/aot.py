@@ -45,17 +45,17 @@ def main(argv):
     config, name = FLAGS.config, config_flags.get_config_filename(FLAGS["config"])
     try:
         topology = Topology.parse(FLAGS.topology)
-        results = compile_for_topology(config, topology)
+        mesh_shape, results = compile_for_topology(config, topology)
     except (ConfigError, MeshError, TopologyError) as error:
         print(f"train.aot: {name} on {FLAGS.topology}: {error}", file=sys.stderr)
         sys.exit(2)
-    mesh = f"data={config.mesh.data} x fsdp={config.mesh.fsdp} x tensor={config.mesh.tensor}"
+    mesh = " x ".join(f"{axis}={size}" for axis, size in mesh_shape.items())
     print(f"{name} on {topology.name} ({topology.chips} chips), mesh {mesh}, "
           f"global batch {config.train.batch_size}, remat {config.model.remat}")
     print(format_table(results))
     if FLAGS.out:
         record = {"config": name, "topology": topology.name, "chips": topology.chips,
-                  "mesh": dict(config.mesh), "batch_size": config.train.batch_size, "remat": config.model.remat,
+                  "mesh": mesh_shape, "batch_size": config.train.batch_size, "remat": config.model.remat,
                   "steps": [dataclasses.asdict(r) for r in results]}
         out = epath.Path(FLAGS.out)
         out.parent.mkdir(parents=True, exist_ok=True)

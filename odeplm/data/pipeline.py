@@ -85,10 +85,10 @@ class Batches:
 
 
 def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, length: int, batch_size: int,
-                  objective: str, seed: int = 0, shuffle: bool) -> Batches:
+                  objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded") -> Batches:
     """Batches over one prepared split (see `odeplm.data.prepared`); our own
     local datasets are tokenized on first use."""
     files = (prepare_split(dataset, split, data_dir, tokenizer) if builds_locally(dataset)
              else TokenFiles.open(dataset, split, data_dir, tokenizer))
-    windows = TokenWindows(files, length)
+    windows = TokenWindows(files, length, index)
     return Batches(windows, batch_size, objective, tokenizer.vocab_size, seed=seed, shuffle=shuffle)

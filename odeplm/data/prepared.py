@@ -37,7 +37,12 @@ from odeplm.data.tokenizer import EOS, Tokenizer
 RECORD_TOKENS = 4096
 # Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.
 WRITER_OPTIONS = "group_size:1,uncompressed"
-READER_OPTIONS = {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"}
+# Where each shard's record index lives: on disk, so memory does not grow with the corpus
+# (each lookup then reads it: slower), or in memory (faster; tens of bytes per record).
+INDEX_OPTIONS = {
+    "offloaded": {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"},
+    "in_memory": {"index_storage_option": "in_memory"},
+}
 TOKENIZER_DOCUMENTS = 100_000  # documents the tokenizer's sample is spread over
 
 
@@ -131,11 +136,11 @@ class TokenWindows:
     Indexed like a 2-D array: an int gives one window, an array of ints stacks
     theirs, read from grain's array_record source."""
 
-    def __init__(self, files: TokenFiles, length: int):
+    def __init__(self, files: TokenFiles, length: int, index: str = "offloaded"):
         if files.tokens < length + 1:
             raise DataError(f"{files.directory} holds {files.tokens} tokens, fewer than one window of {length + 1}")
         self.files, self.length = files, length
-        self.source = grain.sources.ArrayRecordDataSource(list(files.shards), reader_options=READER_OPTIONS)
+        self.source = grain.sources.ArrayRecordDataSource(list(files.shards), reader_options=INDEX_OPTIONS[index])
         self.shard_starts = np.concatenate([[0], np.cumsum(files.shard_tokens)]).tolist()
         records = [-(-n // files.record_tokens) for n in files.shard_tokens]
         self.record_starts = np.concatenate([[0], np.cumsum(records)]).tolist()
