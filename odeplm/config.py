@@ -86,6 +86,8 @@ def parse_depth(text: str) -> DepthPlan:
         if not match:
             raise ConfigError("depth", f"cannot parse segment {item!r} in {text!r}; expected [Kx]STEPS[@SPAN]")
         repeat, steps, span = match.groups()
+        if repeat is not None and int(repeat) < 1:
+            raise ConfigError("depth", f"segment {item!r} in {text!r} repeats a block {repeat} times; at least once")
         try:
             span_value = None if span is None else float(span)
         except ValueError:

@@ -126,6 +126,8 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None
     solves = plan_solves(config.depth, solve)
     if any(s.adaptive for s in solves):
         raise SolverError("cached generation needs a fixed evaluation schedule; use a fixed-step solve")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not prompts or min(map(len, prompts)) == 0:
         raise ValueError("every prompt needs at least one token")
     width = max(map(len, prompts))

@@ -21,9 +21,15 @@ def _concrete(x) -> bool:
 
 
 def check_inputs(config: ModelConfig, tokens, padding_mask=None, token_types=None) -> None:
-    shape = np.shape(tokens)
+    try:
+        shape = np.shape(tokens)
+    except ValueError:  # numpy refuses ragged nested lists
+        raise InputError("tokens must be a rectangular [batch, seq] array; rows of different lengths need "
+                         "padding and a padding_mask") from None
     if len(shape) != 2:
         raise InputError(f"tokens must have shape [batch, seq], got {shape}")
+    if shape[0] == 0:
+        raise InputError("the batch is empty")
     if shape[1] > config.max_length:
         raise InputError(f"sequence length {shape[1]} exceeds max_length {config.max_length}")
     if shape[1] == 0:

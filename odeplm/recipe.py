@@ -27,7 +27,7 @@ class Discretisation:
         if self.solver not in SOLVERS:
             raise ConfigError("train.solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
-            raise ConfigError("train.steps", f"step counts must be positive integers, got {self.steps}")
+            raise ConfigError("train.step_counts", f"step counts must be positive integers, got {self.steps}")
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0 or sum(self.weights) <= 0):
             raise ConfigError("train.step_weights", f"need one non-negative weight per step count {self.steps}, "
                                                     f"got {self.weights}")
@@ -38,7 +38,7 @@ class Discretisation:
         try:
             step_list = tuple(int(s) for s in steps.split(",") if s.strip())
         except ValueError:
-            raise ConfigError("train.steps", f"expected comma-separated integers, got {steps!r}") from None
+            raise ConfigError("train.step_counts", f"expected comma-separated integers, got {steps!r}") from None
         try:
             weight_list = tuple(float(w) for w in weights.split(",") if w.strip())
         except ValueError:

@@ -7,6 +7,7 @@ Cost is counted in function evaluations of the shared block (NFE).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 
 import diffrax
@@ -93,8 +94,8 @@ class Solve:
             if not self.info.adaptive:
                 adaptive = sorted(n for n, s in SOLVERS.items() if s.adaptive)
                 raise SolverError(f"solver {self.solver!r} has no error estimate; adaptive solvers: {adaptive}")
-            if not (self.rtol > 0 and self.atol > 0):
-                raise SolverError(f"tolerances must be positive, got rtol={self.rtol}, atol={self.atol}")
+            if not (0 < self.rtol < math.inf and 0 < self.atol < math.inf):
+                raise SolverError(f"tolerances must be positive and finite, got rtol={self.rtol}, atol={self.atol}")
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
             raise SolverError(f"max_steps must be a positive integer, got {self.max_steps!r}")
 
@@ -115,6 +116,8 @@ class Solve:
             key, value = option.split("=", 1) if "=" in option else ("steps", option)
             if key not in ("steps", "rtol", "atol", "max_steps"):
                 raise SolverError(f"unknown solve option {key!r} in {text!r}")
+            if key in kwargs:
+                raise SolverError(f"solve {text!r} gives {key} twice")
             try:
                 kwargs[key] = float(value) if key in ("rtol", "atol") else int(value)
             except ValueError:
@@ -141,6 +144,8 @@ def plan_solves(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | N
         solve = Solve()
     if isinstance(solve, (Solve, str)):
         solves = [solve] * len(depth)
+    elif not isinstance(solve, Sequence):
+        raise SolverError(f"a solve is a Solve, a string such as 'rk4:2', or one per segment; got {solve!r}")
     else:
         solves = list(solve)
         if len(solves) != len(depth):

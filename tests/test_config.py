@@ -29,6 +29,7 @@ from odeplm import ConfigError, ModelConfig, Segment
         ("depth", ""),
         ("depth", "3x"),
         ("depth", "0"),
+        ("depth", "0x4,2"),
         ("depth", "4@-1"),
         ("depth", ()),
         ("depth", (4,)),

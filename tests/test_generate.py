@@ -49,6 +49,8 @@ def test_bad_generation_requests_are_refused(model):
         generate(model, [[64]], max_new_tokens=2)
     with pytest.raises(ValueError, match="at least one token"):
         generate(model, [[]], max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, got -3"):
+        generate(model, [[5]], max_new_tokens=-3)
 
 
 @pytest.mark.parametrize("solve", ["euler", "midpoint:2", "bosh3:1", "rk4:1"])

@@ -121,6 +121,8 @@ def test_gradients_through_the_solve_match_finite_differences(solve):
         (np.full((2, 8), -1), {}, r"token ids must lie in \[0, 64\)"),
         (np.zeros((2, 17), int), {}, "sequence length 17 exceeds max_length 16"),
         (np.zeros(8, int), {}, r"shape \[batch, seq\]"),
+        (np.zeros((0, 8), int), {}, "the batch is empty"),
+        ([[1, 2, 3], [4, 5]], {}, "rows of different lengths need padding"),
         (np.zeros((2, 8)), {}, "must be integers"),
         (np.zeros((2, 8), int), {"padding_mask": np.ones((2, 7), bool)}, "padding_mask has shape"),
         (np.zeros((2, 8), int), {"token_types": np.zeros((2, 8), int)}, "no token-type embeddings"),

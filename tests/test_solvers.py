@@ -22,6 +22,9 @@ from odeplm.block import attention_mask
         (lambda: Solve("tsit5", rtol=1e-3), "both rtol and atol"),
         (lambda: Solve.parse("rk4:three"), "cannot parse"),
         (lambda: Solve.parse("tsit5:tol=1"), "unknown solve option"),
+        (lambda: Solve.parse("euler:2:3"), "gives steps twice"),
+        (lambda: Solve.parse("tsit5:rtol=inf:atol=inf"), "positive and finite"),
+        (lambda: odeplm.plan_solves(odeplm.parse_depth("6"), 123), "one per segment; got 123"),
         (lambda: odeplm.plan_solves(odeplm.parse_depth("2x3"), ["euler", "rk4", "heun"]), "3 solves given"),
     ],
 )
