@@ -21,7 +21,7 @@ def numpy_attention(attention: Attention, h: np.ndarray, mask: np.ndarray) -> np
     split = lambda x: x.reshape(batch, length, heads, width // heads)  # noqa: E731
     q, k, v = (split(project(layer, h)) for layer in (attention.query, attention.key, attention.value))
     logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(width // heads)
-    logits = np.where(mask[:, None], logits, -np.inf)
+    logits = np.where(mask[:, None], logits, -1e30)  # fully masked rows are excluded below
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     return project(attention.output, np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width))
