@@ -64,7 +64,11 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def read_config(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        except Exception as error:  # orbax raises many types for damaged files: KeyError, JSONDecodeError, ...
+            raise CheckpointError(f"checkpoint {step} under {self.directory} has no readable config: "
+                                  f"{type(error).__name__}: {error}") from None
 
     def restore(self, abstract_params, *, abstract_optimizer=None, model_config: dict | None = None,
                 step: int | None = None) -> dict:
@@ -107,6 +111,8 @@ class Checkpointer:
 
     def _set_aside(self, step: int, error: Exception, *, explicit: bool):
         if explicit:
+            if isinstance(error, CheckpointError):
+                raise error
             raise CheckpointError(f"checkpoint {step} under {self.directory} cannot be read: {error}") from error
         path = self.directory / str(step)
         aside = self.directory / f"{step}.unreadable"

@@ -277,6 +277,12 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
     with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
         odeplm.load(str(copy), step=40)
     assert (copy / "checkpoints" / "40").is_dir()  # an explicit step is never moved aside
+    metadata.write_text("{not json")
+    with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* has no readable config: JSONDecodeError"):
+        odeplm.load(str(copy), step=40)
+    shutil.rmtree(copy / "checkpoints" / "20" / "config")  # a step folder without its config item
+    with pytest.raises(odeplm.CheckpointError, match="checkpoint 20 under .* has no readable config"):
+        odeplm.load(str(copy), step=20)
 
 
 def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
