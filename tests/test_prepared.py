@@ -56,9 +56,12 @@ def test_an_interrupted_prepare_resumes_without_rewriting_finished_shards(docume
     expected = independent_stream(documents, "train", data_dir, tokenizer)
     os.remove(os.path.join(files.directory, "manifest.json"))  # as if killed before the last shard
     os.remove(files.shards[3])
+    (tmp_path / "x").write_text("")
+    os.rename(tmp_path / "x", files.shards[3] + ".tmp-12345")  # a half-written shard of a killed worker
     kept = {path: os.stat(path).st_mtime_ns for path in files.shards if os.path.exists(path)}
     again = prepare_split(documents, "train", data_dir, tokenizer, shards=5, workers=1)
     assert again == files
+    assert not [f for f in os.listdir(files.directory) if ".tmp-" in f]
     assert {path: os.stat(path).st_mtime_ns for path in kept} == kept
     windows = TokenWindows(again, len(expected) - 1)
     np.testing.assert_array_equal(windows[0], expected)

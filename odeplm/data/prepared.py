@@ -3,7 +3,7 @@ fixed-length windows by global index.
 
 Preparing is the one pass over text: a tokenizer trained on a bounded sample of
 the training split, then every split's documents (each followed by EOS, in the
-split's order) cut into records of `record_tokens` tokens, one array_record
+split's order) cut into records of `RECORD_TOKENS` tokens, one array_record
 file per shard of documents. Shards are written by parallel workers to a
 temporary name and renamed, so an interrupted prepare resumes where it stopped;
 the manifest is written last and marks the split complete. The layout is
@@ -12,8 +12,8 @@ the manifest is written last and marks the split complete. The layout is
     {data_dir}/odeplm_tokens/{dataset}/{tokenizer fingerprint}/{split}/manifest.json, shard-*.array_record
 
 so a split is written once per (dataset, split, tokenizer) and never rewritten.
-Reading holds O(shards) integers and an offloaded record index: memory does
-not grow with the corpus.
+Reading holds O(shards) integers and, by default, an offloaded record index:
+memory does not grow with the corpus.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import dataclasses
+import glob
 import json
 import multiprocessing
 import os
@@ -201,6 +202,8 @@ def prepare_split(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer,
     documents = len(text_source(dataset, split, data_dir))  # builds our own datasets before workers start
     shards = max(1, min(shards, documents))
     os.makedirs(directory, exist_ok=True)
+    for leftover in glob.glob(os.path.join(directory, "shard-*.array_record.tmp-*")):  # from an interrupted run
+        os.remove(leftover)
     names = [f"shard-{k:05d}-of-{shards:05d}.array_record" for k in range(shards)]
     tasks = [(dataset, split, data_dir, tokenizer.proto, k * documents // shards, (k + 1) * documents // shards,
               os.path.join(directory, name))
