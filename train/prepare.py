@@ -1,7 +1,8 @@
 """Tokenizes a run's dataset once, before training: the tokenizer (trained on a
 bounded sample of the training split), then every split as sharded
-array_record token files, by parallel workers. Run it again to resume an
-interrupted prepare; a finished split is left as it is.
+array_record token files, by parallel workers. Run it on one host (its workers
+use that host's cores); run it again to resume an interrupted prepare; a
+finished split is left as it is.
 
     python -m train.prepare --config configs/demo.py
     python -m train.prepare --config configs/gpt2_small_shared.py --config.data.dataset=c4/en \\
