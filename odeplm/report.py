@@ -41,14 +41,16 @@ def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
     cheapest = min(fixed, key=lambda s: fixed_nfe(model.config.depth, s)) if fixed else plans[0]
     lines = []
     for solve in dict.fromkeys((plans[0], cheapest)):
+        plan = plan_solves(model.config.depth, solve)
+        label = ",".join(map(str, plan)) + ("" if solve.adaptive else f" (NFE {fixed_nfe(model.config.depth, plan)})")
         if model.config.objective == "causal":
             text = sample(model, tokenizer, prompt, max_new_tokens=48, solve=solve, temperature=0.7)
-            lines.append(f"--- sample at {solve}:\n{prompt}{text}")
+            lines.append(f"--- sample at {label}\n{prompt}{text}")
         else:
             batch = trainer.validation_batches.batch(0)
             tokens, targets, chosen = batch["tokens"][:1], batch["targets"][0], batch["weights"][0] > 0
             predicted = np.asarray(forward(model, tokens, batch["padding_mask"][:1], solve=solve).logits[0].argmax(-1))
             shown = [tokenizer.decode([t]) if not c else f"[{tokenizer.decode([p])}|{tokenizer.decode([t])}]"
                      for t, p, c in zip(targets[:48], predicted[:48], chosen[:48])]
-            lines.append(f"--- masked predictions at {solve} ([predicted|original]):\n" + "".join(shown))
+            lines.append(f"--- masked predictions at {label} ([predicted|original]):\n" + "".join(shown))
     return "\n".join(lines)
