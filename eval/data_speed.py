@@ -56,7 +56,6 @@ def training_demand(topology_name: str, mfu: float) -> dict:
     from odeplm.config import ModelConfig
     from odeplm.metrics import forward_flops_per_token
     from odeplm.settings import TrainSettings
-    from odeplm.solvers import fixed_nfe
     from odeplm.topology import Topology
 
     config = gpt2_small_shared.get_config()
@@ -64,8 +63,7 @@ def training_demand(topology_name: str, mfu: float) -> dict:
     topology = Topology.parse(topology_name)
     chips_per_host = int(np.prod(topology.generation.chips_per_host))
     hosts = max(1, topology.chips // chips_per_host)
-    nfe = min(fixed_nfe(model.depth, settings.discretisation.solves(model.depth, steps))
-              for steps in settings.discretisation.steps or (None,))
+    nfe = min(settings.discretisation.nfe(model.depth, steps) for steps in settings.discretisation.steps or (None,))
     flops_per_token = 3 * forward_flops_per_token(model, nfe, model.max_length)
     tokens_per_second = chips_per_host * topology.generation.peak_bf16_flops * mfu / flops_per_token
     return {"config": "gpt2_small_shared", "topology": topology.name, "hosts": hosts,

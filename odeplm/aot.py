@@ -20,7 +20,6 @@ from odeplm.metrics import forward_flops_per_token
 from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
 from odeplm.sharding import make_mesh
-from odeplm.solvers import fixed_nfe
 from odeplm.topology import GIB, Topology
 
 _HBM_EXHAUSTED = re.compile(r"RESOURCE_EXHAUSTED.*?([0-9.]+)([GMK])\b.*exceeds available HBM", re.DOTALL)
@@ -58,8 +57,7 @@ def compile_for_topology(config: ConfigDict, topology: Topology) -> tuple[dict[s
     tokens = settings.batch_size * model_config.max_length
     results = []
     for steps in program.step_counts():
-        solves = settings.discretisation.solves(model_config.depth, steps)
-        nfe = fixed_nfe(model_config.depth, solves)
+        nfe = settings.discretisation.nfe(model_config.depth, steps)
         flops = 3 * forward_flops_per_token(model_config, nfe, model_config.max_length) * tokens
         start = time.perf_counter()
         try:

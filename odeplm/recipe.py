@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 
 from odeplm.config import ConfigError, DepthPlan
-from odeplm.solvers import SOLVERS, Solve, SolvePlan
+from odeplm.solvers import SOLVERS, Solve, SolvePlan, fixed_nfe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,3 +57,7 @@ class Discretisation:
 
     def solves(self, depth: DepthPlan, steps: int | None) -> SolvePlan:
         return tuple(Solve(self.solver, steps or segment.steps) for segment in depth)
+
+    def nfe(self, depth: DepthPlan, steps: int | None) -> int:
+        """Block evaluations of one forward pass at a drawn step count."""
+        return fixed_nfe(depth, self.solves(depth, steps))

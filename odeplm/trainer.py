@@ -2,9 +2,8 @@
 
 The step function (`odeplm.program`) is compiled once per drawn step count,
 under `jax.jit` with in/out shardings over the (data, fsdp, tensor) mesh and
-the state donated. The
-loop knows nothing of which solver runs: the `Discretisation` hands it a solve
-plan per step. Everything a step consumes (batch, dropout key, step count)
+the state donated. The loop knows nothing of which solver runs: the
+`Discretisation` hands it a solve plan per step. Everything a step consumes (batch, dropout key, step count)
 derives from (seed, step), so a resumed run replays the uninterrupted one.
 """
 

@@ -3,6 +3,8 @@ shards, reading windows back by global index, resuming, and refusing a split
 that is missing, incomplete or tokenized differently."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,3 +95,18 @@ def test_the_dataset_tokenizer_is_trained_once_on_a_bounded_sample(documents, da
     larger = dataset_tokenizer(documents, str(os.path.join(data_dir, "elsewhere")), 360,
                                sample_characters=10**9)
     assert larger.fingerprint != first.fingerprint  # the bound changed what it saw
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.dataset=lm1b", "dataset 'lm1b' is not prepared under"),
+    ("--config.data.workers=-1", "data.workers: must be an integer >= 0"),
+])
+def test_train_prepare_refuses_bad_input_in_one_line(tmp_path, override, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "train.prepare", "--config", "configs/tiny.py",
+                             f"--config.data.data_dir={tmp_path}", override],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.prepare: ") and message in last and "Traceback" not in result.stderr
+    assert not os.listdir(tmp_path) or os.listdir(tmp_path) == ["downloads"]  # nothing prepared
