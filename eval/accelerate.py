@@ -12,6 +12,8 @@ counts are per segment, so a model of 4 segments at --steps 1 runs 4 steps.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 
 from odeplm.grid import accelerate, parse_steps
@@ -36,10 +38,14 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    report = accelerate(
-        FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=parse_steps(FLAGS.steps),
-        extra=FLAGS.extra, max_nfe=FLAGS.max_nfe, batches=FLAGS.batches, batch_size=FLAGS.batch_size,
-        rounds=FLAGS.rounds, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
+    try:
+        report = accelerate(
+            FLAGS.checkpoint, out=FLAGS.out, step=FLAGS.step, solvers=FLAGS.solvers, steps=parse_steps(FLAGS.steps),
+            extra=FLAGS.extra, max_nfe=FLAGS.max_nfe, batches=FLAGS.batches, batch_size=FLAGS.batch_size,
+            rounds=FLAGS.rounds, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir)
+    except ValueError as error:  # CheckpointError, SolverError, DataError, ConfigError: all name the problem
+        print(f"eval.accelerate: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(2)
     print(report["title"])
     print(report["markdown"])
     print("wrote", ", ".join(report["outputs"].values()))
