@@ -235,6 +235,16 @@ def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, m
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) or not os.listdir(tmp_path / "checkpoints")
 
 
+def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
+    for override, message in (("--config.data.record_index=mmap", "ConfigError: data.record_index"),
+                              ("--config.data.dataset=lm1b", "DataError: 'lm1b' has no tokenizer of 512 pieces")):
+        result = subprocess.run(command(tmp_path, corpus_dir, override), cwd=ROOT, env=environment(1),
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+
+
 def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
     losses = []
     for accum in (1, 4):

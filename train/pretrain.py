@@ -10,6 +10,7 @@ on a TPU pod (jax.distributed discovers the topology).
 from __future__ import annotations
 
 import json
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -35,7 +36,11 @@ def main(argv):
     from odeplm.report import show_outputs, validation_table
     from odeplm.trainer import Trainer
 
-    trainer = Trainer(FLAGS.config, FLAGS.workdir)
+    try:
+        trainer = Trainer(FLAGS.config, FLAGS.workdir)
+    except ValueError as error:  # ConfigError, MeshError, DataError, CheckpointError: all name the problem
+        print(f"train.pretrain: {type(error).__name__}: {error}", file=sys.stderr)
+        sys.exit(2)
     summary = trainer.run()
     if summary["preempted"]:
         return
