@@ -202,13 +202,11 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
     assert not (tmp_path / "out").exists()
     # The command line says the same in one line and exits 2.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for arguments, message in (([f"--checkpoint={tmp_path / 'nowhere'}"], "CheckpointError: no checkpoint directory"),
-                               ([f"--checkpoint={causal}", "--solvers=euler", "--steps=1", "--extra=euler:1"],
-                                "SolverError: grid points given twice")):
-        result = subprocess.run([sys.executable, "-m", "eval.accelerate", *arguments, f"--out={tmp_path / 'out'}",
-                                 f"--data_dir={corpus_dir}"], cwd=root, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-        assert message in result.stderr.strip().splitlines()[-1]
+    result = subprocess.run([sys.executable, "-m", "eval.accelerate", f"--checkpoint={tmp_path / 'nowhere'}",
+                             f"--out={tmp_path / 'out'}", f"--data_dir={corpus_dir}"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "CheckpointError: no checkpoint directory" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
 
