@@ -22,15 +22,19 @@ def get_config() -> ConfigDict:
     })
     config.model.update(vocab_size=2048, width=256, heads=4, mlp_width=1024)
     # data_dir "" -> ~/tensorflow_datasets; workers 0 -> every core (tokenizing, in `train.prepare`);
-    # the tokenizer trains on at most tokenizer_characters of the training split; read_threads
-    # read each process's next batches in the background during training; record_index
+    # tokenizer "bpe" or "char" (one piece per character; model.vocab_size must then be the
+    # number the corpus holds, which the error names), trained on at most tokenizer_characters
+    # of the training split; read_threads read each process's next batches in the background
+    # during training; record_index
     # "offloaded" keeps memory flat whatever the corpus, "in_memory" reads faster.
-    config.data = ConfigDict(dict(dataset="shakespeare", data_dir="", shards=16, workers=0,
+    config.data = ConfigDict(dict(dataset="shakespeare", data_dir="", shards=16, workers=0, tokenizer="bpe",
                                   tokenizer_characters=50_000_000, read_threads=2, record_index="offloaded"))
     config.train = ConfigDict(dict(
         steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
         grad_accum=1, log_every=10, eval_batches=8,
         solver="euler", step_counts="", step_weights="",  # "" -> the depth plan's own steps (tau = 1)
+        # the sandwich rule (odeplm.recipe.Distillation): coarse step counts trained beside full depth
+        distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0,
     ))
     config.checkpoint = ConfigDict(dict(every=200, keep=3, async_save=True))
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

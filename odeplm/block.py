@@ -1,13 +1,19 @@
 """The transformer layer map Phi(h): one block that a depth-plan segment shares.
 
 Post-LN reproduces ALBERT's layer (LayerNorm after attention and after the
-feed-forward); Pre-LN is the GPT layer. Parameters carry logical axis names
+feed-forward); Pre-LN is the GPT layer. With `time_features`, the block also
+reads the solver time: a zero-initialised map of t scales and shifts every
+LayerNorm (as adaptive LayerNorm does for diffusion time), so the field
+f(t, h) may vary with depth while its parameters stay shared, and equals the
+time-blind block at initialisation. Parameters carry logical axis names
 ("embed", "heads", "mlp", "vocab") that the training mesh maps onto devices;
 activations are pinned with `constrain` (batch over data and fsdp, features
 over tensor), and each block evaluation is rematerialised by `config.remat`.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -140,8 +146,40 @@ class MLP(nnx.Module):
         return self.down(constrain(self.activation(self.up(h)), ("batch", None, "act_mlp")))
 
 
+class TimeModulation(nnx.Module):
+    """Scale and shift of each LayerNorm of the block as a function of the time
+    t in [0, 1] through the segment: sines and cosines of t, then a linear map
+    initialised to zero, so the block starts as the time-blind one."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.frequencies = config.time_features // 2
+        self.shape = (config.inner_layers, 2, 2, config.width)  # layer, norm, (scale, shift), feature
+        self.project = nnx.Linear(
+            config.time_features, math.prod(self.shape), dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype), kernel_init=logical(nnx.initializers.zeros_init(), (None, None)),
+            bias_init=logical(nnx.initializers.zeros_init(), (None,)), rngs=rngs)
+
+    def __call__(self, time: Float[Array, ""]) -> Float[Array, "layers 2 2 width"]:
+        angles = jnp.asarray(time, jnp.float32) * jnp.pi * jnp.arange(1, self.frequencies + 1, dtype=jnp.float32)
+        return self.project(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])).reshape(self.shape)
+
+
+def modulated(norm: nnx.LayerNorm, x: Array, modulation: Array | None) -> Array:
+    """LayerNorm(x) * (1 + scale) + shift; without a modulation, the plain LayerNorm."""
+    y = norm(x)
+    if modulation is None:
+        return y
+    scale, shift = (m.astype(y.dtype)[None, None] for m in modulation)
+    return y * (1 + scale) + shift
+
+
 class Layer(nnx.Module):
-    """One transformer layer, Pre-LN or Post-LN."""
+    """One transformer layer, Pre-LN or Post-LN.
+
+    `tau` scales each sub-layer's update inside the residual: Post-LN then takes
+    h <- LN(h + tau * F(h)) per sub-layer (the `ln_euler` discretisation), which
+    is the layer itself at tau = 1.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.norm = config.norm
@@ -156,11 +194,13 @@ class Layer(nnx.Module):
         h: Float[Array, "batch seq width"],
         mask: Bool[Array, "batch seq seq"],
         key: PRNGKeyArray | None = None,
+        modulation: Array | None = None,
+        tau: float | Array = 1.0,
     ) -> Float[Array, "batch seq width"]:
         keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
-        return self._residual(h, lambda x: self.attention(x, mask, keys[0]), keys[1:])
+        return self._residual(h, lambda x: self.attention(x, mask, keys[0]), keys[1:], modulation, tau)
 
-    def cached(self, h, mask, cache, index):
+    def cached(self, h, mask, cache, index, modulation=None):
         """The layer with attention over a key/value cache (see `Attention.cached`)."""
         updated = []
 
@@ -169,14 +209,17 @@ class Layer(nnx.Module):
             updated.append(new_cache)
             return out
 
-        return self._residual(h, attend, (None, None)), updated[0]
+        return self._residual(h, attend, (None, None), modulation, 1.0), updated[0]
 
-    def _residual(self, h, attend, keys):
+    def _residual(self, h, attend, keys, modulation, tau):
+        attention_mod, mlp_mod = (None, None) if modulation is None else modulation
         if self.norm == "post":
-            h = constrain(self.attention_norm(h + dropout(attend(h), self.rate, keys[0])), HIDDEN)
-            return constrain(self.mlp_norm(h + dropout(self.mlp(h), self.rate, keys[1])), HIDDEN)
-        h = constrain(h + dropout(attend(self.attention_norm(h)), self.rate, keys[0]), HIDDEN)
-        return constrain(h + dropout(self.mlp(self.mlp_norm(h)), self.rate, keys[1]), HIDDEN)
+            h = constrain(modulated(self.attention_norm, h + tau * dropout(attend(h), self.rate, keys[0]),
+                                    attention_mod), HIDDEN)
+            return constrain(modulated(self.mlp_norm, h + tau * dropout(self.mlp(h), self.rate, keys[1]), mlp_mod),
+                             HIDDEN)
+        h = constrain(h + dropout(attend(modulated(self.attention_norm, h, attention_mod)), self.rate, keys[0]), HIDDEN)
+        return constrain(h + dropout(self.mlp(modulated(self.mlp_norm, h, mlp_mod)), self.rate, keys[1]), HIDDEN)
 
 
 class Block(nnx.Module):
@@ -186,30 +229,39 @@ class Block(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.remat = config.remat
+        self.norm = config.norm
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.inner_layers)])
+        self.time = TimeModulation(config, rngs=rngs) if config.time_features else None
 
     def __call__(
         self,
         h: Float[Array, "batch seq width"],
         mask: Bool[Array, "batch seq seq"],
         key: PRNGKeyArray | None = None,
+        time: Float[Array, ""] | float = 0.0,
+        tau: Float[Array, ""] | float = 1.0,
     ) -> Float[Array, "batch seq width"]:
+        """Phi(h) at `time` (t / span, read only with `time_features`); `tau` < 1
+        shrinks each Post-LN sub-layer's step inside its LayerNorm (see `Layer`)."""
         if self.remat == "none":
-            return self._apply(h, mask, key)
-        return jax.checkpoint(Block._apply, policy=REMAT_POLICIES[self.remat])(self, h, mask, key)
+            return self._apply(h, mask, key, time, tau)
+        return jax.checkpoint(Block._apply, policy=REMAT_POLICIES[self.remat])(self, h, mask, key, time, tau)
 
-    def _apply(self, h, mask, key):
+    def _modulations(self, time):
+        return [None] * len(self.layers) if self.time is None else list(self.time(time))
+
+    def _apply(self, h, mask, key, time, tau):
         keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
-        for layer, layer_key in zip(self.layers, keys):
-            h = layer(h, mask, layer_key)
+        for layer, layer_key, modulation in zip(self.layers, keys, self._modulations(time)):
+            h = layer(h, mask, layer_key, modulation, tau)
         return h
 
-    def cached(self, h, mask, cache: tuple[Array, Array], index):
+    def cached(self, h, mask, cache: tuple[Array, Array], index, time: Float[Array, ""] | float = 0.0):
         """Phi with attention over a cache holding [inner_layers, batch, slots, heads, head_dim]
         keys and values; returns Phi(h) and the updated cache."""
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            h, (k, v) = layer.cached(h, mask, (cache[0][i], cache[1][i]), index)
+        for i, (layer, modulation) in enumerate(zip(self.layers, self._modulations(time))):
+            h, (k, v) = layer.cached(h, mask, (cache[0][i], cache[1][i]), index, modulation)
             keys.append(k)
             values.append(v)
         return h, (jnp.stack(keys), jnp.stack(values))

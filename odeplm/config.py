@@ -125,7 +125,9 @@ class ModelConfig:
     ALBERT projects even when they are equal). `inner_layers` distinct layers
     make up one block (ALBERT's `inner_group_num`). `norm="post"` with `activation="gelu_new"` is ALBERT's
     layer, `norm="pre"` the GPT layer. `depth` is the depth plan (a tuple of
-    segments, or a string for `parse_depth`).
+    segments, or a string for `parse_depth`). `time_features` > 0 (even) makes the
+    field time-aware, f(t, h), through that many sinusoidal features of t
+    (`odeplm.block.TimeModulation`); 0 is the time-blind field of an ordinary stack.
     """
 
     vocab_size: int = 512
@@ -143,6 +145,7 @@ class ModelConfig:
     objective: str = "causal"
     depth: DepthPlan | str = "6"
     inner_layers: int = 1
+    time_features: int = 0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"
@@ -155,6 +158,10 @@ class ModelConfig:
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("type_vocab_size", self.type_vocab_size, minimum=0)
         _require_int("inner_layers", self.inner_layers, minimum=1)
+        _require_int("time_features", self.time_features, minimum=0)
+        if self.time_features % 2:
+            raise ConfigError("time_features", f"must be even (a sine and a cosine per frequency), "
+                                               f"got {self.time_features}")
         if self.embedding_size is None:
             object.__setattr__(self, "embedding_size", self.width)
         _require_int("embedding_size", self.embedding_size, minimum=1)

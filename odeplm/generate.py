@@ -26,6 +26,8 @@ from odeplm.solvers import SOLVERS, SolvePlan, SolverError, plan_solves
 
 def tableau(solver: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
     """(a, b) of an explicit RK method: stage i reads stages j < i with weights a[i][j]."""
+    if solver == "ln_euler":
+        raise SolverError("cached generation runs Runge-Kutta methods of the field; ln_euler is not one")
     if solver == "euler":
         return ((),), (1.0,)
     table = SOLVERS[solver].make().tableau
@@ -74,15 +76,16 @@ def _solve_segment(block, h, mask, cache, index, span: float, solve):
     a, b = tableau(solve.solver)
     stages, dt = len(b), span / solve.steps
 
-    def step(h, step_cache):
-        step_keys, step_values = step_cache
+    def step(h, inputs):
+        n, step_keys, step_values = inputs
         slopes, keys, values = [], [], []
         for i in range(stages):
             y = h
             for j, weight in enumerate(a[i]):
                 if weight:
                     y = y + slopes[j] * (weight * dt)
-            phi, (k, v) = block.cached(y, mask, (step_keys[i], step_values[i]), index)
+            time = (n + sum(a[i])) * dt / span  # the stage's t / span, for a time-aware block
+            phi, (k, v) = block.cached(y, mask, (step_keys[i], step_values[i]), index, time)
             keys.append(k)
             values.append(v)
             slopes.append(phi - y)
@@ -92,7 +95,7 @@ def _solve_segment(block, h, mask, cache, index, span: float, solve):
         return h, (jnp.stack(keys), jnp.stack(values))
 
     by_step = tuple(c.reshape((solve.steps, stages) + c.shape[1:]) for c in cache)
-    h, (keys, values) = jax.lax.scan(step, h, by_step)
+    h, (keys, values) = jax.lax.scan(step, h, (jnp.arange(solve.steps), *by_step))
     return h, (keys.reshape(cache[0].shape), values.reshape(cache[1].shape))
 
 

@@ -3,7 +3,13 @@
 The vector field is f(t, h) = Phi(h) - h, so one explicit Euler step of size 1
 is exactly the layer, and L shared layers are Euler with L steps over [0, L].
 The block travels through the solve as diffrax `args` (NNX modules are
-pytrees), so gradients reach its parameters through the solver loop.
+pytrees), so gradients reach its parameters through the solver loop. A
+time-aware block reads t as the fraction t / span of its segment.
+
+`LayerNormEuler` (solver `ln_euler`) is the other discretisation of a Post-LN
+block: each step is the layer with its sub-layer updates scaled by the step
+size inside the LayerNorms, h <- LN(h + tau F(h)), which at tau = 1 is again
+the layer.
 """
 
 from __future__ import annotations
@@ -14,18 +20,35 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from odeplm.block import Block
-from odeplm.solvers import Solve
+from odeplm.solvers import Solve, SolverError
+
+
+def _time_key(key, t):
+    """Dropout keys are folded from the base key and t."""
+    if key is None:
+        return None
+    return jax.random.fold_in(key, jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32))
 
 
 def vector_field(t, h, args):
-    """f(t, h) = Phi(h) - h; dropout keys are folded from the base key and t."""
-    block, mask, key = args
-    if key is not None:
-        key = jax.random.fold_in(key, jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32))
-    return block(h, mask, key) - h
+    """f(t, h) = Phi(h) - h."""
+    block, mask, key, span = args
+    return block(h, mask, _time_key(key, t), t / span) - h
 
 
 TERM = diffrax.ODETerm(vector_field)
+
+
+class LayerNormEuler(diffrax.Euler):
+    """Steps h <- Phi_tau(h): the Post-LN block with each sub-layer's update scaled
+    by the step size tau inside its LayerNorm. Not a Runge-Kutta method of f, so
+    it runs with fixed steps only."""
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        del terms, solver_state, made_jump
+        block, mask, key, span = args
+        y1 = block(y0, mask, _time_key(key, t0), t0 / span, tau=t1 - t0)
+        return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 
 def real_token_rms(weights: Float[Array, "batch seq 1"], error: Float[Array, "batch seq width"]) -> Float[Array, ""]:
@@ -67,7 +90,9 @@ def integrate(
         controller = diffrax.ConstantStepSize()
         max_steps = solve.steps
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=solve.steps)
-    args = (block, mask, key)
+    if solve.solver == "ln_euler" and block.norm != "post":
+        raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
+    args = (block, mask, key, span)
     solver_state = (jnp.array(False), vector_field(0.0, h, args)) if solve.info.fsal else None
     solution = diffrax.diffeqsolve(
         TERM,

@@ -20,42 +20,51 @@ from flax import nnx
 
 from odeplm.config import ModelConfig
 from odeplm.model import LanguageModel
-from odeplm.objectives import batch_loss
+from odeplm.objectives import training_loss
 from odeplm.optim import learning_rate_schedule, make_optimizer
 from odeplm.sharding import MeshError, batch_sharding, param_shardings, replicated
 from odeplm.settings import TrainSettings
 
 
-def loss_and_grads(graphdef, params, batch, key, *, solves, accum: int, dropout: bool):
-    """Gradient of the mean token loss over the whole batch, accumulated over micro-batches."""
+def loss_and_grads(graphdef, params, batch, key, *, solves, coarse, distillation, accum: int, dropout: bool):
+    """Gradient of the mean token objective over the whole batch, accumulated over
+    micro-batches, and the batch's sums from `training_loss` (NFE per micro-batch)."""
     micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
 
-    def summed_loss(params, micro_batch, key):
+    def summed_objective(params, micro_batch, key):
         model = nnx.merge(graphdef, params)
-        total, weight, correct, out = batch_loss(model, micro_batch, solves=solves, key=key if dropout else None)
-        return total, (weight, correct, out.nfe)
+        return training_loss(model, micro_batch, solves=solves, coarse=coarse, distillation=distillation,
+                             key=key if dropout else None)
 
     def accumulate(carry, inputs):
         grads, totals = carry
         micro_batch, index = inputs
-        (total, (weight, correct, nfe)), g = jax.value_and_grad(summed_loss, has_aux=True)(
+        (objective, sums), g = jax.value_and_grad(summed_objective, has_aux=True)(
             params, micro_batch, jax.random.fold_in(key, index))
-        return (jax.tree.map(jnp.add, grads, g), totals + jnp.stack([total, weight, correct])), nfe
+        sums = {**sums, "objective": objective}
+        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, totals, sums)), None
 
+    sums_shape = jax.eval_shape(lambda: summed_objective(params, jax.tree.map(lambda x: x[0], micro), key))[1]
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, totals), nfe = jax.lax.scan(accumulate, (zeros, jnp.zeros(3)), (micro, jnp.arange(accum)))
-    weight = jnp.maximum(totals[1], 1.0)
-    return jax.tree.map(lambda g: g / weight, grads), totals[0] / weight, totals[2] / weight, nfe[0]
+    totals = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), {**sums_shape, "objective": sums_shape["loss"]})
+    (grads, totals), _ = jax.lax.scan(accumulate, (zeros, totals), (micro, jnp.arange(accum)))
+    weight = jnp.maximum(totals["weight"], 1.0)
+    return jax.tree.map(lambda g: g / weight, grads), totals, weight
 
 
-def train_step(state, batch, key, *, graphdef, optimizer, schedule, solves, accum, dropout):
-    grads, loss, accuracy, nfe = loss_and_grads(
-        graphdef, state["params"], batch, key, solves=solves, accum=accum, dropout=dropout)
+def train_step(state, batch, key, *, graphdef, optimizer, schedule, solves, coarse, distillation, accum, dropout):
+    grads, totals, weight = loss_and_grads(graphdef, state["params"], batch, key, solves=solves, coarse=coarse,
+                                           distillation=distillation, accum=accum, dropout=dropout)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state}
-    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(state["step"]), "nfe": nfe}
+    metrics = {"loss": totals["loss"] / weight, "accuracy": totals["correct"] / weight,
+               "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"]),
+               "nfe": totals["nfe"] // accum}
+    if coarse:  # the sandwich: its objective and each coarse solve's loss on the labels
+        metrics["objective"] = totals["objective"] / weight
+        for (steps, _), loss in zip(distillation.terms(), totals["coarse_losses"]):
+            metrics[f"loss_at_{steps}_steps"] = loss / weight
     return new_state, metrics
 
 
@@ -117,6 +126,9 @@ class TrainProgram:
             step = functools.partial(
                 train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
                 solves=self.settings.discretisation.solves(self.model_config.depth, steps),
+                coarse=tuple(self.settings.discretisation.solves(self.model_config.depth, n)
+                             for n in self.settings.distillation.steps),
+                distillation=self.settings.distillation,
                 accum=self.settings.grad_accum,
                 dropout=self.model_config.dropout > 0 or self.model_config.attention_dropout > 0,
             )

@@ -1,4 +1,5 @@
-"""The training discretisation: which solver and how many steps each batch uses.
+"""The training discretisation: which solver and how many steps each batch uses,
+and the sandwich rule that trains coarse step counts beside full depth.
 
 Fixed N reproduces ordinary training (N = L, tau = 1) or trains with smaller
 steps; a list of step counts, optionally weighted, draws N per batch from
@@ -15,6 +16,14 @@ import numpy as np
 
 from odeplm.config import ConfigError, DepthPlan
 from odeplm.solvers import SOLVERS, Solve, SolvePlan, fixed_nfe
+
+
+def _numbers(field: str, text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(field, f"expected comma-separated {what}, got {text!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,15 +44,7 @@ class Discretisation:
     @classmethod
     def parse(cls, solver: str, steps: str, weights: str) -> "Discretisation":
         """From config strings: steps `"12"` or `"2,3,4,6,12"`, weights `"1,1,1,1,4"`."""
-        try:
-            step_list = tuple(int(s) for s in steps.split(",") if s.strip())
-        except ValueError:
-            raise ConfigError("train.step_counts", f"expected comma-separated integers, got {steps!r}") from None
-        try:
-            weight_list = tuple(float(w) for w in weights.split(",") if w.strip())
-        except ValueError:
-            raise ConfigError("train.step_weights", f"expected comma-separated numbers, got {weights!r}") from None
-        return cls(solver, step_list, weight_list)
+        return cls(solver, _numbers("train.step_counts", steps, int), _numbers("train.step_weights", weights, float))
 
     def draw(self, seed: int, step: int) -> int | None:
         """The step count for training step `step` (None: the depth plan's own)."""
@@ -61,3 +62,40 @@ class Discretisation:
     def nfe(self, depth: DepthPlan, steps: int | None) -> int:
         """Block evaluations of one forward pass at a drawn step count."""
         return fixed_nfe(depth, self.solves(depth, steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """The sandwich rule with in-place distillation over step counts (slimmable
+    networks, BigNAS): every batch trains the training discretisation on the
+    labels and each of `steps` (per segment, smallest first) on a target that mixes
+    the labels (`label_weight`) with the full-depth model's detached predictions.
+    `weights` scale each coarse term against the full-depth one; `hidden_weight`
+    adds the mean squared distance to the full-depth final hidden states.
+    """
+
+    steps: tuple[int, ...] = ()  # empty: off
+    weights: tuple[float, ...] = ()  # empty: 1 each
+    label_weight: float = 0.5
+    hidden_weight: float = 0.0
+
+    def __post_init__(self):
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
+            raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
+        if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
+            raise ConfigError("train.distill_weights", f"need one non-negative weight per step count {self.steps}, "
+                                                       f"got {self.weights}")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
+        if not 0.0 <= self.hidden_weight < float("inf"):
+            raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
+
+    @classmethod
+    def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float) -> "Distillation":
+        """From config strings: steps `"2,4"`, weights `"1,1"`."""
+        return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
+                   float(label_weight), float(hidden_weight))
+
+    def terms(self) -> tuple[tuple[int, float], ...]:
+        """(step count, weight) of each coarse term."""
+        return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))

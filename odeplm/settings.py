@@ -9,7 +9,8 @@ from ml_collections import ConfigDict
 
 from odeplm.config import ConfigError
 from odeplm.data.prepared import INDEX_OPTIONS
-from odeplm.recipe import Discretisation
+from odeplm.data.tokenizer import KINDS
+from odeplm.recipe import Discretisation, Distillation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +33,14 @@ class TrainSettings:
     workers: int
     read_threads: int
     record_index: str
+    tokenizer: str
     tokenizer_characters: int
     checkpoint_every: int
     keep: int
     async_save: bool
     mesh: tuple[int, int, int]
     discretisation: Discretisation
+    distillation: Distillation
 
     @classmethod
     def from_config(cls, config: ConfigDict) -> "TrainSettings":
@@ -63,6 +66,8 @@ class TrainSettings:
                                                   f"{train.grad_accum} micro-batches")
         if data.record_index not in INDEX_OPTIONS:
             raise ConfigError("data.record_index", f"must be one of {sorted(INDEX_OPTIONS)}, got {data.record_index!r}")
+        if data.tokenizer not in KINDS:
+            raise ConfigError("data.tokenizer", f"must be one of {KINDS}, got {data.tokenizer!r}")
         if not data.dataset:
             raise ConfigError("data.dataset", "is empty")
         return cls(
@@ -72,8 +77,10 @@ class TrainSettings:
             dataset=data.dataset, data_dir=os.path.expanduser(data.data_dir or "~/tensorflow_datasets"),
             shards=data.shards, workers=data.workers or os.cpu_count() or 1, read_threads=data.read_threads,
             record_index=data.record_index,
-            tokenizer_characters=data.tokenizer_characters,
+            tokenizer=data.tokenizer, tokenizer_characters=data.tokenizer_characters,
             checkpoint_every=ckpt.every, keep=ckpt.keep, async_save=bool(ckpt.async_save),
             mesh=(mesh.data, mesh.fsdp, mesh.tensor),
             discretisation=Discretisation.parse(train.solver, str(train.step_counts), str(train.step_weights)),
+            distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
+                                            train.distill_label_weight, train.distill_hidden_weight),
         )

@@ -38,6 +38,12 @@ class RK4(diffrax.AbstractERK):
         return 4
 
 
+def _layer_norm_euler() -> diffrax.AbstractSolver:
+    from odeplm.ode import LayerNormEuler  # it steps the block itself, so it lives beside the vector field
+
+    return LayerNormEuler()
+
+
 @dataclasses.dataclass(frozen=True)
 class SolverInfo:
     """What the rest of the library needs to know about a solver."""
@@ -62,6 +68,8 @@ SOLVERS: dict[str, SolverInfo] = {
     "rk4": SolverInfo(RK4, order=4, stages=4, fsal=False, adaptive=False),
     "tsit5": SolverInfo(diffrax.Tsit5, order=5, stages=7, fsal=True, adaptive=True),
     "dopri5": SolverInfo(diffrax.Dopri5, order=5, stages=7, fsal=True, adaptive=True),
+    # Post-LN only: h <- LN(h + tau F(h)) per sub-layer, not a Runge-Kutta method of f (see odeplm.ode)
+    "ln_euler": SolverInfo(_layer_norm_euler, order=1, stages=1, fsal=False, adaptive=False),
 }
 
 

@@ -71,13 +71,13 @@ class Trainer:
         if builds_locally(settings.dataset) and jax.process_index() == 0:
             prepare(settings.dataset, settings.data_dir, restored or self.model_config.vocab_size,
                     shards=settings.shards, workers=settings.workers,
-                    sample_characters=settings.tokenizer_characters)
+                    sample_characters=settings.tokenizer_characters, kind=settings.tokenizer)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("odeplm: data prepared")
         return restored or dataset_tokenizer(settings.dataset, settings.data_dir, self.model_config.vocab_size,
-                                             train=False)
+                                             kind=settings.tokenizer, train=False)
 
     def _batches(self, split: str, *, shuffle: bool) -> Batches:
         return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,

@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from odeplm.config import ConfigError
 from odeplm.data.corpus import DataError, text_source
 from odeplm.data.pipeline import split_batches
-from odeplm.data.prepared import TokenFiles, TokenWindows, dataset_tokenizer, prepare_split, split_directory
+from odeplm.data.prepared import (TokenFiles, TokenWindows, dataset_root, dataset_tokenizer, prepare_split,
+                                  split_directory)
 from odeplm.data.tokenizer import EOS
 
 
@@ -85,7 +87,7 @@ def test_missing_incomplete_or_differently_tokenized_splits_are_named_and_left_a
     with pytest.raises(DataError, match="incomplete"):
         prepare_split(documents, "validation", data_dir, tokenizer)  # a finished split is never rewritten
     assert sorted(os.listdir(files.directory)) == before
-    with pytest.raises(DataError, match="no tokenizer of 450 pieces .* train.prepare"):
+    with pytest.raises(DataError, match="no bpe tokenizer of 450 pieces .* train.prepare"):
         dataset_tokenizer(documents, data_dir, 450, train=False)
 
 
@@ -95,6 +97,20 @@ def test_the_dataset_tokenizer_is_trained_once_on_a_bounded_sample(documents, da
     larger = dataset_tokenizer(documents, str(os.path.join(data_dir, "elsewhere")), 360,
                                sample_characters=10**9)
     assert larger.fingerprint != first.fingerprint  # the bound changed what it saw
+
+
+def test_a_character_tokenizer_has_one_piece_per_character_and_names_its_size(documents, data_dir):
+    texts = text_source(documents, "train", data_dir)
+    characters = set("".join(texts[i] for i in range(len(texts))))
+    size = len(characters - {"\n", " "}) + 7  # pad, unk, bos, eos, [MASK], newline, SentencePiece's space
+    with pytest.raises(ConfigError, match=f"model.vocab_size: the corpus supports a char tokenizer of {size} pieces"):
+        dataset_tokenizer(documents, data_dir, 256, kind="char")
+    tokenizer = dataset_tokenizer(documents, data_dir, size, kind="char")
+    text = texts[0][:300]
+    ids = tokenizer.encode(text)
+    assert tokenizer.decode(ids) == text
+    assert len(ids) == len(text) + 1  # SentencePiece's leading space marker, then one piece per character
+    assert os.path.exists(os.path.join(dataset_root(documents, data_dir), f"tokenizer-char-{size}.json"))
 
 
 @pytest.mark.parametrize("override, message", [

@@ -43,7 +43,7 @@ def test_parse_and_plan():
 
 @pytest.mark.parametrize(
     "solve",
-    [Solve(name, 3) for name in odeplm.SOLVERS]
+    [Solve(name, 3) for name in odeplm.SOLVERS if name != "ln_euler"]  # it steps a Post-LN block: test_recipes
     + [Solve(name, rtol=1e-4, atol=1e-6, max_steps=512) for name, info in odeplm.SOLVERS.items() if info.adaptive]
     + [Solve("heun", rtol=1e-6, atol=1e-6, max_steps=4)],  # runs out of steps
     ids=str,
@@ -52,7 +52,7 @@ def test_reported_nfe_equals_evaluations_counted_at_run_time(solve):
     """A host callback inside the vector field counts evaluations as they run."""
     calls = []
 
-    def field(h, mask, key):
+    def field(h, mask, key, time):
         jax.debug.callback(lambda: calls.append(1), ordered=True)
         return jnp.sin(3.0 * h) + mask.sum() * 0.0  # nonlinear, so adaptive solves reject steps
 

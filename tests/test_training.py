@@ -227,6 +227,10 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(data=dict(record_index="mmap")), ConfigError, "data.record_index"),
         (dict(data=dict(read_threads=0)), ConfigError, "data.read_threads"),
         (dict(data=dict(shards=0)), ConfigError, "data.shards"),
+        (dict(data=dict(tokenizer="word")), ConfigError, "data.tokenizer"),
+        (dict(train=dict(distill_steps="2,0")), ConfigError, "train.distill_steps"),
+        (dict(train=dict(distill_steps="1,2", distill_weights="1")), ConfigError, "train.distill_weights"),
+        (dict(train=dict(distill_steps="1", distill_label_weight=1.5)), ConfigError, "train.distill_label_weight"),
     ],
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):

@@ -38,7 +38,8 @@ def main(argv):
     try:
         settings = TrainSettings.from_config(config)
         prepared = prepare(settings.dataset, settings.data_dir, config.model.vocab_size, shards=settings.shards,
-                           workers=settings.workers, sample_characters=settings.tokenizer_characters)
+                           workers=settings.workers, sample_characters=settings.tokenizer_characters,
+                           kind=settings.tokenizer)
     except (ConfigError, DataError) as error:
         print(f"train.prepare: {error}", file=sys.stderr)
         sys.exit(2)

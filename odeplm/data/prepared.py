@@ -8,7 +8,7 @@ file per shard of documents. Shards are written by parallel workers to a
 temporary name and renamed, so an interrupted prepare resumes where it stopped;
 the manifest is written last and marks the split complete. The layout is
 
-    {data_dir}/odeplm_tokens/{dataset}/tokenizer-{vocab}.json
+    {data_dir}/odeplm_tokens/{dataset}/tokenizer-{vocab}.json (tokenizer-char-{vocab}.json: characters)
     {data_dir}/odeplm_tokens/{dataset}/{tokenizer fingerprint}/{split}/manifest.json, shard-*.array_record
 
 so a split is written once per (dataset, split, tokenizer) and never rewritten.
@@ -60,24 +60,26 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = 50_000_000,
-                      train: bool = True) -> Tokenizer:
-    """The dataset's tokenizer of `vocab_size` pieces, trained once on a bounded,
-    evenly spread sample of its training split and saved beside its token files."""
-    path = os.path.join(dataset_root(dataset, data_dir), f"tokenizer-{vocab_size}.json")
+                      kind: str = "bpe", train: bool = True) -> Tokenizer:
+    """The dataset's tokenizer of `vocab_size` pieces (`kind` bpe or char), trained once
+    on a bounded, evenly spread sample of its training split and saved beside its token files."""
+    name = f"tokenizer-{vocab_size}.json" if kind == "bpe" else f"tokenizer-{kind}-{vocab_size}.json"
+    path = os.path.join(dataset_root(dataset, data_dir), name)
     if os.path.exists(path):
         with open(path) as f:
             return Tokenizer.from_json(json.load(f))
     if not train:
-        raise DataError(f"{dataset!r} has no tokenizer of {vocab_size} pieces under {data_dir}: {path} is missing; "
-                        f"run `python -m train.prepare` with this config once")
+        raise DataError(f"{dataset!r} has no {kind} tokenizer of {vocab_size} pieces under {data_dir}: "
+                        f"{path} is missing; run `python -m train.prepare` with this config once")
     texts = text_source(dataset, "train", data_dir)
     sample = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), TOKENIZER_DOCUMENTS)).astype(np.int64))
     try:
-        tokenizer = Tokenizer.train((texts[int(i)] for i in sample), vocab_size, max_characters=sample_characters)
+        tokenizer = Tokenizer.train((texts[int(i)] for i in sample), vocab_size, max_characters=sample_characters,
+                                    kind=kind)
     except RuntimeError as error:  # SentencePiece reports an impossible vocabulary this way
         raise ConfigError("model.vocab_size", f"cannot train a tokenizer of this size: {error}") from None
     if tokenizer.vocab_size != vocab_size:
-        raise ConfigError("model.vocab_size", f"the corpus supports a tokenizer of {tokenizer.vocab_size} "
+        raise ConfigError("model.vocab_size", f"the corpus supports a {kind} tokenizer of {tokenizer.vocab_size} "
                                               f"pieces, not {vocab_size}")
     _write_atomically(path, json.dumps(tokenizer.to_json()))
     return tokenizer
@@ -183,11 +185,12 @@ def builds_locally(dataset: str) -> bool:
 
 
 def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | int, *, splits=("train", "validation"),
-            shards: int = 16, workers: int = 1, sample_characters: int = 50_000_000) -> dict[str, TokenFiles]:
+            shards: int = 16, workers: int = 1, sample_characters: int = 50_000_000,
+            kind: str = "bpe") -> dict[str, TokenFiles]:
     """Every split of `dataset` tokenized by `tokenizer`, or by the dataset's own
-    tokenizer of that many pieces (trained first if it has none)."""
+    `kind` tokenizer of that many pieces (trained first if it has none)."""
     if isinstance(tokenizer, int):
-        tokenizer = dataset_tokenizer(dataset, data_dir, tokenizer, sample_characters=sample_characters)
+        tokenizer = dataset_tokenizer(dataset, data_dir, tokenizer, sample_characters=sample_characters, kind=kind)
     return {split: prepare_split(dataset, split, data_dir, tokenizer, shards=shards, workers=workers)
             for split in splits}
 

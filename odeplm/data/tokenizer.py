@@ -1,5 +1,9 @@
 """SentencePiece tokenizer trained on the training split and saved with checkpoints.
 
+Two kinds: `bpe` (byte fallback, so any text encodes; at least 262 pieces) and
+`char`, one piece per character of the sample (rarer characters would be
+`<unk>`), whose size is what the corpus holds plus the specials.
+
 Special ids are fixed: pad 0, unk 1, bos 2, eos 3, [MASK] 4. Newlines are
 pieces of their own and normalisation is the identity, so decoding returns the
 text (verse lines included) exactly.
@@ -15,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
+KINDS = ("bpe", "char")
 
 
 class Tokenizer:
@@ -25,20 +30,25 @@ class Tokenizer:
             raise ValueError("tokenizer: not an odeplm SentencePiece model (pad 0, [MASK] 4 expected)")
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, max_characters: int = 50_000_000) -> "Tokenizer":
-        """BPE over paragraphs of `texts`, deterministic (no sampling or shuffling)."""
+    def train(cls, texts: Iterable[str], vocab_size: int, max_characters: int = 50_000_000,
+              kind: str = "bpe") -> "Tokenizer":
+        """BPE or characters over paragraphs of `texts`, deterministic (no sampling or
+        shuffling). A `char` tokenizer holds every character seen, up to `vocab_size` pieces."""
+        if kind not in KINDS:
+            raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=_paragraphs(texts, max_characters),
             model_writer=buffer,
             vocab_size=vocab_size,
-            model_type="bpe",
+            model_type=kind,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
             user_defined_symbols=["[MASK]", "\n"],
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             character_coverage=1.0,
-            byte_fallback=True,
+            byte_fallback=kind == "bpe",
+            hard_vocab_limit=kind == "bpe",
             max_sentence_length=16384,
             num_threads=1,
             minloglevel=2,

@@ -1,0 +1,128 @@
+"""The study's recipes: a time-aware field, Post-LN with the step inside the
+LayerNorm, and the sandwich objective, each against an independent computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from odeplm.generate import generate
+from odeplm.model import forward
+from odeplm.objectives import training_loss
+from odeplm.recipe import Distillation
+from odeplm.sampling import sample_ids
+from odeplm.solvers import SolverError, plan_solves
+from tests.conftest import tiny_model
+
+
+def _time_aware_copy(model, seed=1, scale=0.0):
+    """The model's parameters in a time-aware model of the same config; with
+    scale > 0 its time modulation is drawn at random instead of zero."""
+    config = model.config.__class__(**{**model.config.to_dict(), "time_features": 8})
+    aware = tiny_model(**config.to_dict())
+    nnx.update(aware, nnx.state(model))
+    for block in aware.encoder.blocks:
+        kernel = block.time.project.kernel
+        kernel[...] = scale * jax.random.normal(jax.random.key(seed), kernel.shape)
+    return aware
+
+
+@pytest.mark.parametrize("norm,objective", [("pre", "causal"), ("post", "masked")])
+def test_time_aware_field_equals_the_time_blind_one_at_initialisation(norm, objective, rng):
+    blind = tiny_model(norm=norm, objective=objective, depth="2x2")
+    aware = _time_aware_copy(blind)
+    tokens = rng.integers(5, 64, (2, 16))
+    for solve in ("euler", "midpoint:1"):  # equal up to float32 rounding (XLA fuses the norms otherwise)
+        np.testing.assert_allclose(forward(aware, tokens, solve=solve).logits,
+                                   forward(blind, tokens, solve=solve).logits, rtol=0, atol=1e-6)
+    # once trained away from zero the field depends on t: the same steps give other outputs
+    moved = _time_aware_copy(blind, scale=0.3)
+    assert np.abs(forward(moved, tokens).logits - forward(blind, tokens).logits).max() > 1e-2
+
+
+def test_time_aware_cached_generation_equals_recomputation():
+    model = _time_aware_copy(tiny_model(objective="causal", depth="2x2", max_length=32, initializer_range=0.2),
+                             scale=0.5)
+    for solve in ("euler", "midpoint:2"):  # midpoint's second stage runs at fractional times
+        expected = sample_ids(model, [7, 21, 5, 40], max_new_tokens=12, solve=solve)
+        (cached,) = generate(model, [[7, 21, 5, 40]], max_new_tokens=12, solve=solve, end_token=None)
+        assert cached[: len(expected)] == expected
+
+
+def _layer_norm_step_by_hand(model, tokens, steps):
+    """h <- LN(h + tau F(h)) per sub-layer, written out with the model's own modules."""
+    encoder = model.encoder
+    h = encoder.embeddings(jnp.asarray(tokens))
+    mask = jnp.ones((tokens.shape[0], tokens.shape[1], tokens.shape[1]), bool)
+    for block, segment in zip(encoder.blocks, model.config.depth):
+        tau = segment.span / steps
+        for _ in range(steps):
+            for layer in block.layers:
+                h = layer.attention_norm(h + tau * layer.attention(h, mask))
+                h = layer.mlp_norm(h + tau * layer.mlp(h))
+    return model.head(h, encoder.embeddings)
+
+
+def test_layer_norm_euler_is_the_layer_at_unit_steps_and_the_formula_at_any(rng):
+    model = tiny_model(norm="post", objective="masked", depth="2x2", initializer_range=0.2)
+    tokens = rng.integers(5, 64, (2, 16))
+    np.testing.assert_allclose(forward(model, tokens, solve="ln_euler").logits,  # h + (Phi(h) - h) rounds
+                               forward(model, tokens, solve="euler").logits, rtol=0, atol=1e-5)
+    for steps in (1, 3):
+        out = forward(model, tokens, solve=f"ln_euler:{steps}")
+        np.testing.assert_allclose(out.logits, _layer_norm_step_by_hand(model, tokens, steps), atol=2e-5, rtol=2e-5)
+        assert int(out.nfe) == 2 * steps  # two segments
+    assert np.abs(forward(model, tokens, solve="ln_euler:3").logits
+                  - forward(model, tokens, solve="euler:3").logits).max() > 1e-2
+    with pytest.raises(SolverError, match="Pre-LN"):
+        forward(tiny_model(norm="pre"), tokens, solve="ln_euler:2")
+    with pytest.raises(SolverError, match="ln_euler is not one"):
+        generate(tiny_model(norm="post"), [[5]], max_new_tokens=2, solve="ln_euler:2")
+
+
+def test_sandwich_gradient_equals_the_objective_written_out(rng):
+    """Full depth on the labels plus weighted coarse terms on labels mixed with the
+    teacher's predictions, which are constants: gradients must not reach them."""
+    model = tiny_model(depth="4", initializer_range=0.1)
+    graphdef, params = nnx.split(model)
+    tokens = rng.integers(5, 64, (2, 16))
+    batch = {"tokens": jnp.asarray(tokens), "padding_mask": jnp.ones((2, 16), bool),
+             "targets": jnp.asarray(np.roll(tokens, -1, axis=1)), "weights": jnp.asarray(rng.random((2, 16)) > 0.3,
+                                                                                        jnp.float32)}
+    label_weight, hidden_weight = 0.25, 0.7
+    distillation = Distillation(steps=(1, 2), weights=(2.0, 0.5), label_weight=label_weight,
+                                hidden_weight=hidden_weight)
+    depth = model.config.depth
+    coarse = tuple(plan_solves(depth, f"euler:{n}") for n in distillation.steps)
+
+    def ours(params):
+        return training_loss(nnx.merge(graphdef, params), batch, solves=plan_solves(depth), coarse=coarse,
+                             distillation=distillation)
+
+    teacher_out = forward(model, tokens)
+    teacher = jax.nn.softmax(teacher_out.logits, axis=-1)  # outside the gradient: constants
+    w = batch["weights"]
+
+    def written_out(params):
+        m = nnx.merge(graphdef, params)
+        full = m(batch["tokens"], solve=plan_solves(depth))
+        total = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(full.logits, batch["targets"]) * w)
+        for plan, weight in zip(coarse, distillation.weights):
+            out = m(batch["tokens"], solve=plan)
+            labels = optax.softmax_cross_entropy_with_integer_labels(out.logits, batch["targets"])
+            soft = optax.softmax_cross_entropy(out.logits, teacher)
+            hidden = jnp.mean((out.hidden - teacher_out.hidden) ** 2, axis=-1)
+            total += weight * jnp.sum((label_weight * labels + (1 - label_weight) * soft + hidden_weight * hidden) * w)
+        return total
+
+    (objective, sums), grads = jax.value_and_grad(ours, has_aux=True)(params)
+    expected, expected_grads = jax.value_and_grad(written_out)(params)
+    np.testing.assert_allclose(objective, expected, rtol=1e-5)
+    for ours_leaf, expected_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(ours_leaf, expected_leaf, atol=1e-5, rtol=1e-4)
+    assert int(sums["nfe"]) == 4 + 1 + 2
+    coarse_logits = forward(model, tokens, solve="euler:1").logits
+    coarse_loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(coarse_logits, batch["targets"]) * w)
+    np.testing.assert_allclose(sums["coarse_losses"][0], coarse_loss, rtol=1e-5)
