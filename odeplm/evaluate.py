@@ -43,3 +43,13 @@ def evaluate(graphdef, params, batches: Batches, solves: SolvePlan, num_batches:
     loss = totals[0] / max(totals[1], 1.0)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": totals[2] / max(totals[1], 1.0),
             "nfe": float(np.mean(nfe)), "seconds_per_batch": seconds / num_batches, "ok": ok}
+
+
+def unigram_loss(batches: Batches, num_batches: int) -> float:
+    """Cross-entropy of the scored targets under their own frequencies: the best a
+    model that ignores context can reach (the plateau a stalled masked LM sits on)."""
+    targets = np.concatenate([batch["targets"][batch["weights"] > 0]
+                              for batch in map(batches.batch, range(num_batches))])
+    frequencies = np.bincount(targets) / len(targets)
+    frequencies = frequencies[frequencies > 0]
+    return float(-np.sum(frequencies * np.log(frequencies)))

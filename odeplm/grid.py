@@ -25,7 +25,7 @@ from flax import nnx
 from odeplm.checkpoint import CheckpointError
 from odeplm.config import Segment
 from odeplm.data.pipeline import Batches, split_batches
-from odeplm.evaluate import evaluate
+from odeplm.evaluate import evaluate, unigram_loss
 from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel
 from odeplm.solvers import SOLVERS, SolvePlan, SolverError, parse_plan, plan_solves
@@ -238,7 +238,7 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
         "title": f"{name} (step {loaded.step}): {config.objective} LM, depth {config.to_dict()['depth']}",
         "checkpoint": os.path.abspath(checkpoint), "step": loaded.step, "objective": config.objective,
         "model": config.to_dict(), "dataset": dataset, "batches": batches, "batch_size": batch_size,
-        "rounds": rounds, "points": rows,
+        "rounds": rounds, "unigram_loss": unigram_loss(validation, batches), "points": rows,
     }
     report["outputs"] = write_outputs(report, out)
     report["markdown"] = markdown_table(rows, config.objective)

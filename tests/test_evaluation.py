@@ -148,6 +148,15 @@ def test_grid_covers_every_point_matches_independent_losses_and_repeats_exactly(
             weight += batch["weights"].sum()
         reported = next(p["loss"] for p in written["points"] if p["label"] == label)
         assert reported == pytest.approx(total / weight, rel=1e-5)
+    # the unigram plateau: the entropy of the scored targets, counted by hand
+    counts: dict[int, int] = {}
+    for step in range(2):
+        batch = batches.batch(step)
+        for token, scored in zip(batch["targets"].ravel(), batch["weights"].ravel()):
+            if scored:
+                counts[int(token)] = counts.get(int(token), 0) + 1
+    frequencies = np.array(list(counts.values())) / sum(counts.values())
+    assert written["unigram_loss"] == pytest.approx(-(frequencies * np.log(frequencies)).sum(), rel=1e-9)
 
 
 def test_truncation_of_a_partially_shared_model_is_its_first_layers_written_out():
