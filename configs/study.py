@@ -19,12 +19,13 @@ L = 8 block applications. The names:
 - masked models, Post-LN (ALBERT) and Pre-LN: `masked_post_depth{8,4,2}`,
   `masked_pre_depth{8,4,2}`, `masked_post_sandwich`, and `masked_post_ln_euler`,
   trained with the step inside the LayerNorms (solver `ln_euler`) on the
-  sandwich rule.
+  sandwich rule. Post-LN models train at 1e-3 with 200 warm-up steps.
 """
 
 from configs import base
 
 _SANDWICH = dict(distill_steps="2,4")
+_POST_LN = dict(learning_rate=1e-3, warmup_steps=200)  # Post-LN's gradients near the output are large early on
 MODELS = {
     "depth8": ({}, {}),
     "depth4": (dict(depth="4"), {}),
@@ -34,10 +35,11 @@ MODELS = {
     "sandwich_heavy": ({}, dict(_SANDWICH, distill_weights="2,1")),
     "sandwich_hidden": ({}, dict(_SANDWICH, distill_hidden_weight=1.0)),
     "sandwich_time": (dict(time_features=16), _SANDWICH),
-    **{f"masked_{norm}_depth{n}": (dict(objective="masked", norm=norm, depth=str(n)), {})
+    **{f"masked_{norm}_depth{n}": (dict(objective="masked", norm=norm, depth=str(n)),
+                                   _POST_LN if norm == "post" else {})
        for norm in ("post", "pre") for n in (8, 4, 2)},
-    "masked_post_sandwich": (dict(objective="masked", norm="post"), _SANDWICH),
-    "masked_post_ln_euler": (dict(objective="masked", norm="post"), dict(_SANDWICH, solver="ln_euler")),
+    "masked_post_sandwich": (dict(objective="masked", norm="post"), dict(_SANDWICH, **_POST_LN)),
+    "masked_post_ln_euler": (dict(objective="masked", norm="post"), dict(_SANDWICH, solver="ln_euler", **_POST_LN)),
 }
 
 STEPS = 2000
