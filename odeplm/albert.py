@@ -1,8 +1,9 @@
 """Hugging Face ALBERT checkpoints as odeplm masked LMs.
 
 ALBERT maps onto the depth plan directly: `num_hidden_groups` G blocks, each
-applied L / G times in turn (`"{G}x{L/G}"`), each block `inner_group_num` layers
-(`inner_layers`); Post-LN, `gelu_new`, the factorised embedding projection and
+applied L / G times in turn (`"{G}x{L/G}"`; uneven groups give uneven segments,
+as transformers assigns them), each block `inner_group_num` layers
+(`inner_layers`); Post-LN, its activation, the factorised embedding projection and
 the MLM head with its tied decoder. Weights are read from `model.safetensors`,
 or from `pytorch_model.bin` with `torch.load(weights_only=True)`, which loads
 tensors only and never runs pickled code.
@@ -10,6 +11,7 @@ tensors only and never runs pickled code.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 
@@ -17,6 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from odeplm.block import ACTIVATIONS
 from odeplm.config import ModelConfig
 from odeplm.model import LanguageModel
 
@@ -32,16 +35,18 @@ def config_from_hf(hf: dict) -> ModelConfig:
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ConversionError(f"position_embedding_type {hf['position_embedding_type']!r} is not supported")
     layers, groups = hf["num_hidden_layers"], hf.get("num_hidden_groups", 1)
-    if layers % groups:
-        raise ConversionError(f"num_hidden_layers {layers} is not a multiple of num_hidden_groups {groups}")
-    if hf.get("hidden_act", "gelu_new") not in ("gelu_new", "gelu"):
-        raise ConversionError(f"hidden_act {hf['hidden_act']!r} is not supported (gelu_new, gelu)")
+    if not 1 <= groups <= layers:
+        raise ConversionError(f"num_hidden_groups {groups} must lie between 1 and num_hidden_layers {layers}")
+    # transformers runs layer i with group int(i / (layers / groups)); uneven groups give uneven segments
+    steps = collections.Counter(int(i / (layers / groups)) for i in range(layers))
+    if hf.get("hidden_act", "gelu_new") not in ACTIVATIONS:
+        raise ConversionError(f"hidden_act {hf['hidden_act']!r} is not supported ({', '.join(ACTIVATIONS)})")
     return ModelConfig(
         vocab_size=hf["vocab_size"], width=hf["hidden_size"], heads=hf["num_attention_heads"],
         mlp_width=hf["intermediate_size"], max_length=hf.get("max_position_embeddings", 512),
         embedding_size=hf.get("embedding_size", 128), project_embeddings=True,
         type_vocab_size=hf.get("type_vocab_size", 2), norm="post", activation=hf.get("hidden_act", "gelu_new"),
-        objective="masked", depth=f"{groups}x{layers // groups}", inner_layers=hf.get("inner_group_num", 1),
+        objective="masked", depth=",".join(str(steps[g]) for g in range(groups)), inner_layers=hf.get("inner_group_num", 1),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
     )
 

@@ -26,6 +26,8 @@ from odeplm.sharding import constrain
 ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
 }
 
 # What the backward pass of one block evaluation keeps (None: everything).

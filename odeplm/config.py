@@ -103,7 +103,7 @@ def format_depth(plan: DepthPlan) -> str:
 
 _CHOICES = {
     "norm": ("pre", "post"),
-    "activation": ("gelu_new", "gelu"),
+    "activation": ("gelu_new", "gelu", "relu", "silu"),
     "objective": ("masked", "causal"),
     "dtype": ("float32", "bfloat16", "float64"),
     "param_dtype": ("float32", "float64"),
