@@ -46,7 +46,8 @@ def config_from_hf(hf: dict) -> ModelConfig:
         mlp_width=hf["intermediate_size"], max_length=hf.get("max_position_embeddings", 512),
         embedding_size=hf.get("embedding_size", 128), project_embeddings=True,
         type_vocab_size=hf.get("type_vocab_size", 2), norm="post", activation=hf.get("hidden_act", "gelu_new"),
-        objective="masked", depth=",".join(str(steps[g]) for g in range(groups)), inner_layers=hf.get("inner_group_num", 1),
+        objective="masked", depth=",".join(str(steps[g]) for g in range(groups)),
+        inner_layers=hf.get("inner_group_num", 1),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12), initializer_range=hf.get("initializer_range", 0.02),
     )
 
