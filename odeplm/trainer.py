@@ -93,8 +93,6 @@ class Trainer:
         settings = self.settings
         writer = MetricWriter(self.workdir)
         peak = measure_matmul_peak() * jax.device_count()  # per-device peak times devices
-        length = self.model_config.max_length
-        tokens_per_step = settings.batch_size * length
         stop = {"requested": False}
         def request_stop(signum, frame):
             stop.update(requested=True)
@@ -122,10 +120,10 @@ class Trainer:
                 stop_now = self._stop_requested(stop["requested"])
                 save_now = step % settings.checkpoint_every == 0 or step == settings.steps or stop_now
                 if step % settings.log_every == 0 or save_now:
-                    elapsed = time.perf_counter() - window_start
-                    self._flush(pending, writer, tokens_per_step * window_steps / elapsed, peak, length, last_good)
+                    window = self._flush(pending, writer, time.perf_counter() - window_start, peak, last_good)
                     progress.update(window_steps)
-                    progress.set_postfix(loss=f"{float(pending[-1][2]['loss']):.3f}" if pending else "")
+                    progress.set_postfix(loss=f"{window['loss']:.3f}", mfu=f"{window['mfu']:.2f}",
+                                         tokens_per_s=f"{window['tokens_per_second']:,.0f}")
                     pending.clear()
                     window_start, window_steps = time.perf_counter(), 0
                 if save_now:
@@ -152,15 +150,21 @@ class Trainer:
 
         return bool(np.any(multihost_utils.process_allgather(np.array(local))))
 
-    def _flush(self, pending, writer: MetricWriter, tokens_per_second: float, peak: float, length: int,
-               last_good: int | None):
-        for step, drawn, metrics in pending:
-            values = {k: float(v) for k, v in metrics.items()}
+    def _flush(self, pending, writer: MetricWriter, elapsed: float, peak: float, last_good: int | None) -> dict:
+        """Writes a logging window's steps. Throughput and MFU are the window's:
+        its tokens and the FLOPs its steps actually ran (each at its own NFE), over
+        its wall time. Returns the last step's values."""
+        length = self.model_config.max_length
+        tokens = self.settings.batch_size * length
+        rows = [(step, drawn, {k: float(v) for k, v in metrics.items()}) for step, drawn, metrics in pending]
+        flops = sum(3 * forward_flops_per_token(self.model_config, int(values["nfe"]), length) * tokens
+                    for _, _, values in rows)
+        window = {"tokens_per_second": tokens * len(rows) / elapsed, "mfu": flops / elapsed / peak}
+        for step, drawn, values in rows:
             if not np.isfinite(values["loss"]):
                 where = f"step {last_good}" if last_good is not None else "none yet"
                 raise TrainingError(f"non-finite loss {values['loss']} at step {step + 1}; training stopped, last good "
                                     f"checkpoint: {where} under {self.checkpointer.directory}")
-            flops = 3 * forward_flops_per_token(self.model_config, int(values["nfe"]), length)
-            values.update(tokens_per_second=tokens_per_second, mfu=tokens_per_second * flops / peak,
-                          steps_drawn=drawn or self.model_config.layers)
+            values.update(window, steps_drawn=drawn or self.model_config.layers)
             writer.write(step + 1, values)
+        return values

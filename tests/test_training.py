@@ -22,6 +22,7 @@ import pytest
 from configs import tiny
 from odeplm.checkpoint import CheckpointError
 from odeplm.config import ConfigError
+from odeplm.metrics import forward_flops_per_token
 from odeplm.sharding import MeshError
 from odeplm.trainer import Trainer, TrainingError
 
@@ -308,11 +309,22 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     from odeplm.report import show_outputs, validation_table
 
     config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
-                         train=dict(log_every=1, step_counts="2,4"))
+                         train=dict(log_every=5, step_counts="2,4"))
     trainer = Trainer(config, str(tmp_path))
     trainer.run()
     trainer.checkpointer.close()
     losses = logged_losses(tmp_path)
+    # MFU is per logging window, from the FLOPs its steps ran at their own NFE: per window it is
+    # tokens/s times the window's mean FLOPs per token over the peak, the same peak in every window
+    with open(tmp_path / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    peaks, config = [], trainer.model_config
+    for window in (rows[i:i + 5] for i in range(0, 40, 5)):
+        assert len({(r["mfu"], r["tokens_per_second"]) for r in window}) == 1
+        flops = np.mean([3 * forward_flops_per_token(config, int(r["nfe"]), config.max_length) for r in window])
+        peaks.append(window[0]["tokens_per_second"] * flops / window[0]["mfu"])
+    np.testing.assert_allclose(peaks, peaks[0], rtol=1e-9)
+    assert {r["nfe"] for r in rows} == {2, 4}
     assert np.mean([losses[s] for s in range(36, 41)]) < np.mean([losses[s] for s in range(1, 4)]) - 0.8
     rows, table = validation_table(trainer, "euler,euler:2,rk4:1")
     assert [r["solve"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
