@@ -32,6 +32,9 @@ def get_config() -> ConfigDict:
     config.train = ConfigDict(dict(
         steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
         grad_accum=1, log_every=10, eval_batches=8,
+        # validation every eval_every steps (0: at the end only), at the training discretisation
+        # and at each of eval_solves ("euler:2,rk4:1"), into metrics.jsonl and TensorBoard
+        eval_every=0, eval_solves="",
         solver="euler", step_counts="", step_weights="",  # "" -> the depth plan's own steps (tau = 1)
         # the sandwich rule (odeplm.recipe.Distillation): coarse step counts trained beside full depth
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0,

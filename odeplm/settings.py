@@ -11,6 +11,18 @@ from odeplm.config import ConfigError
 from odeplm.data.prepared import INDEX_OPTIONS
 from odeplm.data.tokenizer import KINDS
 from odeplm.recipe import Discretisation, Distillation
+from odeplm.solvers import Solve, SolverError
+
+
+def _solves(field: str, text: str) -> tuple[str, ...]:
+    """Comma-separated solves, each checked (one solve for every segment)."""
+    solves = tuple(part.strip() for part in str(text).split(",") if part.strip())
+    for solve in solves:
+        try:
+            Solve.parse(solve)
+        except SolverError as error:
+            raise ConfigError(field, str(error)) from None
+    return solves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +39,8 @@ class TrainSettings:
     grad_accum: int
     log_every: int
     eval_batches: int
+    eval_every: int
+    eval_solves: tuple[str, ...]
     dataset: str
     data_dir: str
     shards: int
@@ -49,6 +63,7 @@ class TrainSettings:
             "seed": (config.seed, 0), "train.steps": (train.steps, 1), "train.batch_size": (train.batch_size, 1),
             "train.warmup_steps": (train.warmup_steps, 0), "train.grad_accum": (train.grad_accum, 1),
             "train.log_every": (train.log_every, 1), "train.eval_batches": (train.eval_batches, 1),
+            "train.eval_every": (train.eval_every, 0),
             "data.shards": (data.shards, 1), "data.workers": (data.workers, 0),
             "data.read_threads": (data.read_threads, 1), "data.tokenizer_characters": (data.tokenizer_characters, 1),
             "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
@@ -74,6 +89,7 @@ class TrainSettings:
             seed=config.seed, steps=train.steps, batch_size=train.batch_size, learning_rate=float(train.learning_rate),
             warmup_steps=train.warmup_steps, weight_decay=float(train.weight_decay), clip_norm=float(train.clip_norm),
             grad_accum=train.grad_accum, log_every=train.log_every, eval_batches=train.eval_batches,
+            eval_every=train.eval_every, eval_solves=_solves("train.eval_solves", train.eval_solves),
             dataset=data.dataset, data_dir=os.path.expanduser(data.data_dir or "~/tensorflow_datasets"),
             shards=data.shards, workers=data.workers or os.cpu_count() or 1, read_threads=data.read_threads,
             record_index=data.record_index,

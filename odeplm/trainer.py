@@ -23,10 +23,12 @@ from odeplm.config import ModelConfig
 from odeplm.data.pipeline import Batches, split_batches
 from odeplm.data.prepared import builds_locally, dataset_tokenizer, prepare
 from odeplm.data.tokenizer import Tokenizer
+from odeplm.evaluate import evaluate
 from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul_peak
 from odeplm.paths import run_path
 from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
+from odeplm.solvers import plan_solves
 from odeplm.sharding import global_batch, make_mesh
 
 log = logging.getLogger("odeplm")
@@ -116,6 +118,8 @@ class Trainer:
                 self.state, metrics = self.program.step_function(drawn)(self.state, global_batch(local, self.mesh), key)
                 pending.append((step, drawn, metrics))
                 step += 1
+                if settings.eval_every and step % settings.eval_every == 0:
+                    metrics.update(self.validate())
                 window_steps += 1
                 stop_now = self._stop_requested(stop["requested"])
                 save_now = step % settings.checkpoint_every == 0 or step == settings.steps or stop_now
@@ -141,6 +145,21 @@ class Trainer:
             self.checkpointer.wait()
             writer.close()
         return {"step": step, "preempted": step < settings.steps}
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss and accuracy at the training discretisation and at each
+        of `train.eval_solves`, keyed `validation/loss@SOLVE`."""
+        depth = self.model_config.depth
+        plans = [self.settings.discretisation.solves(depth, None)]
+        plans += [plan_solves(depth, solve) for solve in self.settings.eval_solves]
+        values = {}
+        for plan in dict.fromkeys(plans):
+            label = str(plan[0]) if len(set(plan)) == 1 else ",".join(map(str, plan))
+            result = evaluate(self.graphdef, self.state["params"], self.validation_batches, plan,
+                              self.settings.eval_batches)
+            values[f"validation/loss@{label}"] = result["loss"]
+            values[f"validation/accuracy@{label}"] = result["accuracy"]
+        return values
 
     def _stop_requested(self, local: bool) -> bool:
         """A SIGTERM or Ctrl-C on any process stops all of them at the same step."""

@@ -19,7 +19,9 @@ import jax
 import numpy as np
 import pytest
 
+import odeplm
 from configs import tiny
+from odeplm.data.pipeline import split_batches
 from odeplm.checkpoint import CheckpointError
 from odeplm.config import ConfigError
 from odeplm.metrics import forward_flops_per_token
@@ -86,10 +88,31 @@ def assert_same_losses(a: dict, b: dict, steps, rtol):
 def trained(corpus_dir, tmp_path_factory):
     """One in-process tiny run: 40 steps, checkpoints at 20 and 40."""
     workdir = str(tmp_path_factory.mktemp("trained"))
-    trainer = Trainer(tiny_config(corpus_dir, train=dict(log_every=1)), workdir)
+    trainer = Trainer(tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2")), workdir)
     trainer.run()
     trainer.checkpointer.close()
     return workdir
+
+
+def test_validation_during_training_is_the_checkpoint_scored_independently(trained, corpus_dir):
+    with open(os.path.join(trained, "metrics.jsonl")) as f:
+        rows = {row["step"]: row for row in map(json.loads, f)}
+    assert [s for s, row in rows.items() if any(k.startswith("validation/") for k in row)] == [20, 40]
+    loaded, config = odeplm.load(trained, step=20), tiny.get_config()
+    batches = split_batches("shakespeare", "validation", corpus_dir, loaded.tokenizer, length=config.model.max_length,
+                            batch_size=config.train.batch_size, objective="causal", shuffle=False)
+    for solve in ("euler:4", "euler:2"):
+        total = weight = 0.0
+        for step in range(config.train.eval_batches):
+            batch = batches.batch(step)
+            out = odeplm.forward(loaded.model, batch["tokens"], batch["padding_mask"], solve=solve)
+            logits = np.asarray(out.logits)
+            shifted = logits - logits.max(-1, keepdims=True)
+            log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+            losses = -np.take_along_axis(log_probs, batch["targets"][..., None], -1)[..., 0]
+            total += (losses * batch["weights"]).sum()
+            weight += batch["weights"].sum()
+        assert rows[20][f"validation/loss@{solve}"] == pytest.approx(total / weight, rel=1e-5)
 
 
 def test_tiny_training_learns(trained):
