@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "pre-training workdir or checkpoint directory")
@@ -23,20 +23,25 @@ flags.mark_flags_as_required(["checkpoint"])
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every item it restores at INFO
     import odeplm
     from odeplm.generate import Sampling, generate
+    from odeplm.solvers import fixed_nfe
 
     loaded = odeplm.load(FLAGS.checkpoint)
     if loaded.tokenizer is None:
         raise app.UsageError(f"{FLAGS.checkpoint} holds no tokenizer")
     prompts = [text.replace("\\n", "\n") for text in FLAGS.prompt]
+    depth = loaded.model.config.depth
+    plan = odeplm.plan_solves(depth, odeplm.Solve(FLAGS.solver, FLAGS.steps))
     outputs = generate(
         loaded.model, [loaded.tokenizer.encode(p) for p in prompts], max_new_tokens=FLAGS.max_new_tokens,
-        solve=odeplm.Solve(FLAGS.solver, FLAGS.steps),
-        sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed,
+        solve=plan, sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed,
     )
+    label = f"{','.join(map(str, dict.fromkeys(plan)))} (NFE {fixed_nfe(depth, plan)})"
     for prompt, ids in zip(prompts, outputs):
-        print(f"--- {FLAGS.solver}:{FLAGS.steps or 'training steps'}\n{prompt}{loaded.tokenizer.decode(ids)}")
+        print(f"--- {label}\n{prompt}{loaded.tokenizer.decode(ids)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import os
 
 import numpy as np
+from tqdm import tqdm
 from flax import nnx
 
 from odeplm.checkpoint import CheckpointError
@@ -128,7 +129,7 @@ def run_grid(model: LanguageModel, points: list[GridPoint], batches: Batches, nu
     """One row per point: quality over `num_batches` validation batches, NFE, latency, speed-up, Pareto front."""
     rows, timed = [], {}
     batch = batches.batch(0)
-    for point in points:
+    for point in tqdm(points, desc="grid points", unit="point", leave=False):
         point_model = truncated(model, point.layers) if point.kind == "truncated" else model
         graphdef, params = nnx.split(point_model)
         quality = evaluate(graphdef, params, batches, point.solves, num_batches)

@@ -7,6 +7,7 @@ and every grid point is checked to be present and reproducible.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
 from odeplm.data.tokenizer import EOS, MASK
 from odeplm.finetune import finetune_checkpoint
+from odeplm.generate import generate
 from odeplm.grid import accelerate, grid_points, pareto_front, truncated
 from odeplm.inputs import InputError
 from odeplm.trainer import Trainer
@@ -53,6 +55,17 @@ def log_softmax(logits):
     logits = np.asarray(logits, np.float64)
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_the_generate_command_prints_the_text_under_its_solve_and_no_restore_logs(causal):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "eval.generate", f"--checkpoint={causal}", "--steps=1",
+                             "--max_new_tokens=6"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = odeplm.load(causal)
+    (expected,) = generate(loaded.model, [loaded.tokenizer.encode("ROMEO.\n")], max_new_tokens=6, solve="euler:1")
+    assert result.stdout == f"--- euler:1 (NFE 1)\nROMEO.\n{loaded.tokenizer.decode(expected)}\n"
+    assert not re.search(r"^I\d{4} ", result.stderr, re.M)  # absl INFO lines: orbax logs every restored item
 
 
 # --- scoring, filling masks and encoding from Python -------------------------------------------------------------

@@ -7,11 +7,14 @@ reading uses `tfds.data_source`, random access without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
+import io
 import json
 import os
 import re
+import sys
 
 import tensorflow_datasets as tfds
 
@@ -164,7 +167,12 @@ def text_source(dataset: str, split: str, data_dir: str, text_key: str = "text")
             import tensorflow  # noqa: F401  (TFDS serialises examples with it)
         except ImportError:
             raise DataError(f"building {dataset!r} needs TensorFlow: pip install 'odeplm[corpus]'") from None
-        builder.download_and_prepare(file_format="array_record")
+        # TFDS prints "Downloading and preparing dataset Unknown size" and progress bars for
+        # what downloads nothing and takes seconds: one line says it instead
+        print(f"building {dataset!r} into {data_dir} (once)", file=sys.stderr)
+        tfds.disable_progress_bar()
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(file_format="array_record")
     return _TextColumn(builder.as_data_source(split=split), text_key)
 
 
