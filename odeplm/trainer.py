@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 from tqdm import tqdm
 
 from odeplm.checkpoint import Checkpointer
-from odeplm.config import ModelConfig
+from odeplm.config import ConfigError, ModelConfig
 from odeplm.data.pipeline import Batches, split_batches
 from odeplm.data.prepared import builds_locally, dataset_tokenizer, prepare
 from odeplm.data.tokenizer import Tokenizer
@@ -42,6 +42,8 @@ class Trainer:
     """Owns one run: its mesh, data, state and checkpoints, under `workdir`."""
 
     def __init__(self, config: ConfigDict, workdir: str):
+        if run_path(workdir).exists() and not run_path(workdir).is_dir():
+            raise ConfigError("workdir", f"{workdir} is a file, not a directory")
         self.config = config
         self.workdir = workdir
         self.settings = settings = TrainSettings.from_config(config)

@@ -263,13 +263,33 @@ def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, m
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) or not os.listdir(tmp_path / "checkpoints")
 
 
+def test_a_workdir_that_is_a_file_is_refused_and_left_alone(corpus_dir, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="workdir: .*notes.txt is a file, not a directory"):
+        Trainer(tiny_config(corpus_dir), str(tmp_path / "notes.txt"))
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
     # (bad fields reach the same handler: test_bad_training_configs_are_named shows they raise ConfigError)
     result = subprocess.run(command(tmp_path, corpus_dir, "--config.data.dataset=lm1b"), cwd=ROOT,
                             env=environment(1), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "DataError: 'lm1b' has no tokenizer of 512 pieces" in result.stderr.strip().splitlines()[-1]
+    assert "DataError: 'lm1b' has no bpe tokenizer of 512 pieces" in result.stderr.strip().splitlines()[-1]
     assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (("--config", "configs/tiny.py", "--config.train.stepz=10"),
+     """train.pretrain: --config: 'stepz'; Did you mean "steps" instead of "stepz"?"""),
+    (("--config", "configs/missing.py"), "train.pretrain: --config: no such file: configs/missing.py"),
+    (("--config", "configs/study.py:nosuch"), "Error whilst parsing config file: ValueError: unknown study model"),
+])
+def test_config_flag_mistakes_are_one_line_and_exit_2(tmp_path, arguments, message):
+    result = subprocess.run([sys.executable, "-m", "train.pretrain", "--workdir", str(tmp_path), *arguments], cwd=ROOT,
+                            env=environment(1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert message in result.stderr
 
 
 def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):

@@ -25,7 +25,8 @@ import sys  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+from train import config_flag  # noqa: E402
+
 flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x4, v5p:4x4x4")
 flags.DEFINE_string("out", None, "write the figures as JSON here")
 flags.mark_flags_as_required(["config", "topology"])
@@ -71,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_flag.parse)

@@ -18,9 +18,9 @@ import sys
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+from train import config_flag
+
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
 
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_flag.parse)

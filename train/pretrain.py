@@ -14,9 +14,9 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "an ml_collections config file", lock_config=True)
+from train import config_flag
+
 flags.DEFINE_string("workdir", None, "checkpoints, metrics and results go here")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs")
 flags.DEFINE_integer("num_processes", None, "number of processes in a multi-process run")
@@ -52,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_flag.parse)
