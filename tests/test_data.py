@@ -45,6 +45,24 @@ def test_local_text_files(tmp_path):
         text_source(f"files:{tmp_path / 'empty'}", "train", str(tmp_path / "tfds3"))
 
 
+def test_one_text_file_splits_by_paragraph_at_the_asked_fraction(tmp_path):
+    paragraphs = [f"Paragraph {i}: " + "words " * (5 + i % 7) for i in range(400)]
+    (tmp_path / "input.txt").write_text("\n\n".join(paragraphs))
+    dataset = f"files:{tmp_path / 'input.txt'}?by=paragraph&validation=0.2"
+    train, validation = (text_source(dataset, s, str(tmp_path / "tfds")) for s in ("train", "validation"))
+    pieces = lambda source: [p.strip() for i in range(len(source)) for p in source[i].split("\n\n")]  # noqa: E731
+    held_out = pieces(validation)
+    assert sorted(pieces(train) + held_out) == sorted(p.strip() for p in paragraphs)  # each once, on one side
+    assert 0.15 < len(held_out) / len(paragraphs) < 0.25
+    assert len(validation) < len(held_out)  # neighbouring held-out paragraphs stay one document
+    with pytest.raises(DataError, match="cannot be split .* by document .* files:PATH\\?by=paragraph"):
+        text_source(f"files:{tmp_path / 'input.txt'}", "train", str(tmp_path / "tfds2"))
+    for bad, message in (("validation=1.5", "validation must be a fraction"), ("by=line", "by must be one of"),
+                         ("every=2", "unknown option")):
+        with pytest.raises(DataError, match=message):
+            text_source(f"files:{tmp_path / 'input.txt'}?{bad}", "train", str(tmp_path / "tfds3"))
+
+
 def test_unknown_or_unprepared_datasets_are_named(tmp_path):
     with pytest.raises(DataError, match="no_such_dataset"):
         text_source("no_such_dataset", "train", str(tmp_path))

@@ -12,6 +12,7 @@ import glob
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -80,22 +81,45 @@ class Shakespeare(tfds.core.GeneratorBasedBuilder):
                 yield title, {"title": title, "text": strip_gutenberg(f.read())}
 
 
+SPLIT_UNITS = ("document", "paragraph")
+
+
 class TextFilesConfig(tfds.core.BuilderConfig):
-    def __init__(self, *, directory: str, validation_fraction: float = 0.05, **kwargs):
-        directory = os.path.abspath(directory)
-        digest = hashlib.sha1(f"{directory}:{validation_fraction}".encode()).hexdigest()[:10]
-        super().__init__(name=f"{os.path.basename(directory) or 'root'}_{digest}", **kwargs)
-        self.directory = directory
-        self.validation_fraction = validation_fraction
+    def __init__(self, *, path: str, validation_fraction: float = 0.05, by: str = "document", **kwargs):
+        path = os.path.abspath(path)
+        digest = hashlib.sha1(f"{path}:{validation_fraction}:{by}".encode()).hexdigest()[:10]
+        super().__init__(name=f"{re.sub(r'[^A-Za-z0-9_]', '_', os.path.basename(path)) or 'root'}_{digest}",
+                         **kwargs)
+        self.path, self.validation_fraction, self.by = path, validation_fraction, by
+
+    @classmethod
+    def parse(cls, dataset: str) -> "TextFilesConfig":
+        """`files:PATH[?validation=F&by=document|paragraph]`: a directory or one file."""
+        path, _, query = dataset[len("files:"):].partition("?")
+        options = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        unknown = sorted(set(options) - {"validation", "by"})
+        if unknown:
+            raise DataError(f"{dataset!r}: unknown option(s) {unknown}; known: validation, by")
+        try:
+            fraction = float(options.get("validation", 0.05))
+        except ValueError:
+            fraction = math.nan
+        if not 0 < fraction < 1:
+            raise DataError(f"{dataset!r}: validation must be a fraction in (0, 1), got {options['validation']!r}")
+        if options.get("by", "document") not in SPLIT_UNITS:
+            raise DataError(f"{dataset!r}: by must be one of {SPLIT_UNITS}, got {options['by']!r}")
+        return cls(path=path, validation_fraction=fraction, by=options.get("by", "document"))
 
 
 class TextFiles(tfds.core.GeneratorBasedBuilder):
     """Local text: every `.txt` file is a document, every `.jsonl` line with a
-    "text" field is one. Whole documents go to validation, chosen by a hash of
-    their name, so the splits share no text and the choice is stable."""
+    "text" field is one. A hash of each document's name (`by=document`) or of
+    each paragraph's place (`by=paragraph`, so that one file can be split)
+    sends `validation_fraction` of them to validation; the splits share no text
+    and the choice is stable. Consecutive paragraphs of one split stay one document."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = []  # one config per directory, made by `text_files_builder`
+    BUILDER_CONFIGS = []  # one config per path and options, made from the dataset name
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -104,18 +128,24 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         config = self.builder_config
-        paths = sorted(glob.glob(os.path.join(config.directory, "**", "*.txt"), recursive=True)
-                       + glob.glob(os.path.join(config.directory, "**", "*.jsonl"), recursive=True))
+        if os.path.isfile(config.path):
+            paths, root = [config.path], os.path.dirname(config.path)
+        else:
+            paths, root = sorted(glob.glob(os.path.join(config.path, "**", "*.txt"), recursive=True)
+                                 + glob.glob(os.path.join(config.path, "**", "*.jsonl"), recursive=True)), config.path
         if not paths:
-            raise DataError(f"no .txt or .jsonl files under {config.directory}")
-        documents = dict(_read_documents(paths, config.directory))
-        validation = {k for k in documents if _unit_hash(k) < config.validation_fraction}
-        if not validation or len(validation) == len(documents):
-            raise DataError(f"{len(documents)} documents under {config.directory} cannot be split into train and "
-                            f"validation with validation_fraction={config.validation_fraction}")
+            raise DataError(f"no .txt or .jsonl files under {config.path}")
+        documents = dict(_read_documents(paths, root))
+        units = _paragraph_runs(documents, config.validation_fraction) if config.by == "paragraph" else {
+            name: (text, _unit_hash(name) < config.validation_fraction) for name, text in documents.items()}
+        validation = {name for name, (_, held_out) in units.items() if held_out}
+        if not validation or len(validation) == len(units):
+            hint = "; split one file by paragraph: files:PATH?by=paragraph" if len(documents) == 1 else ""
+            raise DataError(f"{len(documents)} documents under {config.path} cannot be split into train and "
+                            f"validation by {config.by} with validation={config.validation_fraction}{hint}")
         return {
-            "train": self._generate_examples({k: v for k, v in documents.items() if k not in validation}),
-            "validation": self._generate_examples({k: documents[k] for k in validation}),
+            "train": self._generate_examples({k: t for k, (t, _) in units.items() if k not in validation}),
+            "validation": self._generate_examples({k: units[k][0] for k in validation}),
         }
 
     def _generate_examples(self, documents):
@@ -139,6 +169,26 @@ def _read_documents(paths, root):
                     yield f"{name}:{number}", text
 
 
+def _paragraph_runs(documents: dict[str, str], fraction: float) -> dict[str, tuple[str, bool]]:
+    """Each document's paragraphs sent to validation by a hash of their place, with
+    consecutive paragraphs of one side joined back: "name#first" -> (text, held out)."""
+    runs = {}
+    for name, text in documents.items():
+        current: list[str] = []
+        first, run_held_out = 0, False
+        for index, paragraph in enumerate(p for p in text.split("\n\n") if p.strip()):
+            held_out = _unit_hash(f"{name}#{index}") < fraction
+            if current and held_out != run_held_out:
+                runs[f"{name}#{first}"] = ("\n\n".join(current), run_held_out)
+                current = []
+            if not current:
+                first, run_held_out = index, held_out
+            current.append(paragraph)
+        if current:
+            runs[f"{name}#{first}"] = ("\n\n".join(current), run_held_out)
+    return runs
+
+
 def _unit_hash(name: str) -> float:
     return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32
 
@@ -150,7 +200,7 @@ def text_source(dataset: str, split: str, data_dir: str, text_key: str = "text")
     has prepared under `data_dir` (`c4/en`, `wikipedia/20230601.en`, `lm1b`).
     """
     if dataset.startswith("files:"):
-        builder = TextFiles(config=TextFilesConfig(directory=dataset[len("files:"):]), data_dir=data_dir)
+        builder = TextFiles(config=TextFilesConfig.parse(dataset), data_dir=data_dir)
     elif dataset == "shakespeare":
         builder = Shakespeare(data_dir=data_dir)
     else:
