@@ -168,14 +168,27 @@ def markdown_table(rows: list[dict], objective: str) -> str:
     return "\n".join(lines)
 
 
+def loss_range(losses: list[float], reference: float) -> tuple[float, float]:
+    """The plot's loss axis: from the best point to the full-depth loss plus twice
+    the median point's distance from it (at least 1 nat), so that a few diverged
+    coarse solves do not squeeze every other point into a line."""
+    median = float(np.median(losses))
+    high = reference + max(1.0, 2 * (median - reference))
+    low = min(losses)
+    return low - 0.05 * (high - low), high
+
+
 def plot(rows: list[dict], path: str, title: str) -> None:
-    """Loss against latency: baselines and each solver in its own marker, the Pareto front as a line."""
+    """Loss against latency: baselines and each solver in its own marker, each point
+    labelled with its NFE, the Pareto front as a line; points beyond the loss axis
+    sit on its top edge as red arrows with their loss written beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
+    low, high = loss_range([r["loss"] for r in rows], rows[0]["loss"])
     groups: dict[str, list[dict]] = {}
     for row in rows:
         key = row["kind"] if row["kind"] != "solve" else row["solves"][0].split(":")[0]
@@ -183,12 +196,22 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     markers = iter("o^sDvP*Xh<>")
     for name, members in groups.items():
         fmt, size = {"full depth": ("k*", 12), "truncated": ("kx", 7)}.get(name) or (next(markers), 6)
-        axes.plot([r["latency_ms"] for r in members], [r["loss"] for r in members], fmt, linestyle="none",
+        shown = [r for r in members if r["loss"] <= high]
+        axes.plot([r["latency_ms"] for r in shown], [r["loss"] for r in shown], fmt, linestyle="none",
                   label=name, markersize=size)
+    for row in rows:
+        clipped = row["loss"] > high
+        y = high if clipped else row["loss"]
+        if clipped:
+            axes.plot(row["latency_ms"], y, "r^", markersize=7, clip_on=False)
+        axes.annotate(f"{row['nfe']:.0f}" + (f" ({row['loss']:.2f})" if clipped else ""), (row["latency_ms"], y),
+                      textcoords="offset points", xytext=(4, -9 if clipped else 3), fontsize=6,
+                      color="red" if clipped else "0.3")
     front = sorted((r["latency_ms"], r["loss"]) for r in rows if r["pareto"])
     axes.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", alpha=0.6,
               label="Pareto front")
-    axes.set_xlabel("latency per batch (ms)")
+    axes.set_ylim(low, high)
+    axes.set_xlabel("latency per batch (ms); numbers: NFE")
     axes.set_ylabel("validation loss (nats)")
     axes.set_title(title)
     axes.legend(fontsize=8)

@@ -25,7 +25,7 @@ from odeplm.data.pipeline import split_batches
 from odeplm.data.tokenizer import EOS, MASK
 from odeplm.finetune import finetune_checkpoint
 from odeplm.generate import generate
-from odeplm.grid import accelerate, grid_points, pareto_front, truncated
+from odeplm.grid import accelerate, grid_points, loss_range, pareto_front, truncated
 from odeplm.inputs import InputError
 from odeplm.trainer import Trainer
 from tests.conftest import tiny_model
@@ -189,6 +189,13 @@ def test_truncation_of_a_partially_shared_model_is_its_first_layers_written_out(
     assert [p.solves for p in grid_points(model, ("euler",), [1]) if p.label == "euler:1"][0] == (
         odeplm.Solve("euler", 1),) * 2  # step counts are per segment
     assert [p.label for p in grid_points(model, ("rk4",), [1, 2], max_nfe=8)][-1] == "rk4:1"  # rk4:2 costs 16
+
+
+def test_the_plot_keeps_diverged_points_from_stretching_the_loss_axis():
+    losses = [3.60, 3.62, 3.65, 3.70, 3.71, 3.80, 3.90, 5.50]  # full depth first; midpoint:1 diverged
+    low, high = loss_range(losses, losses[0])
+    assert low < 3.60 and 4.5 <= high < 5.50  # the outlier is beyond the axis, the rest spread over it
+    assert loss_range([3.6, 5.0, 5.5, 6.0], 3.6)[1] >= 6.0  # when most points are far, the axis reaches them
 
 
 def test_pareto_front():
