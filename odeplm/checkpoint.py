@@ -4,14 +4,20 @@ kept. Loading for inference reads parameters, config and tokenizer only, so a
 converted model (no optimizer, perhaps no tokenizer) loads the same way.
 
 Restoring targets an abstract state carrying the current mesh's shardings, so a
-run saved on 8 devices resumes on 1 and the reverse. A newest checkpoint that
-fails to restore is skipped with a warning and moved aside (never deleted);
+run saved on 8 devices resumes on 1 and the reverse. Every finished step is
+sealed with the SHA-256 of each of its items' files (`checksums.json`, written
+once the asynchronous save has finished: at the next save or at `wait`), and
+verified before it is read, so flipped bytes are caught rather than loaded as
+NaNs. A newest checkpoint that fails its checksums or fails to restore is
+skipped with a warning and moved aside (never deleted);
 a checkpoint whose model config differs from the requested one is refused with
 the differing fields named. Nothing is unpickled: arrays and JSON only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import jax
@@ -23,6 +29,7 @@ from odeplm.data.tokenizer import Tokenizer
 from odeplm.paths import run_path
 
 ITEMS = ("params", "optimizer", "config", "tokenizer")
+CHECKSUMS = "checksums.json"
 
 
 def _normalised(model: dict) -> dict:
@@ -53,6 +60,7 @@ class Checkpointer:
 
     def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: Tokenizer | None = None,
              force: bool = False) -> bool:
+        self.wait()  # orbax finishes the previous save before it starts one anyway; seal it first
         items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config)}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardSave(optimizer)
@@ -82,6 +90,7 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint under {self.directory}")
         for candidate in candidates:
             try:
+                self.verify(candidate)
                 config = self.read_config(candidate)
             except Exception as error:  # orbax raises many types for damaged files
                 self._set_aside(candidate, error, explicit=step is not None)
@@ -124,8 +133,46 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f"odeplm_set_aside_{step}")
         self.manager.reload()
 
+    def verify(self, step: int):
+        """Raises CheckpointError naming the first file whose bytes differ from the
+        step's seal; a step without a seal (its run was killed before sealing it,
+        or it was written by an older odeplm) is read unverified."""
+        path = self.directory / str(step) / CHECKSUMS
+        if not path.exists():
+            return
+        expected, found = json.loads(path.read_text()), _digests(self.directory / str(step))
+        wrong = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
+        if wrong:
+            raise CheckpointError(f"checkpoint {step} under {self.directory} fails its checksums: {wrong[0]} "
+                                  f"{'differs' if wrong[0] in expected and wrong[0] in found else 'is missing or new'}"
+                                  + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+
     def wait(self):
+        """Waits for the save in flight, then seals every finished step not sealed yet."""
         self.manager.wait_until_finished()
+        if jax.process_index() == 0:
+            for step in self.steps():
+                path = self.directory / str(step) / CHECKSUMS
+                if not path.exists():
+                    temporary = path.parent / f"{CHECKSUMS}.tmp"
+                    temporary.write_text(json.dumps(_digests(path.parent), indent=1))
+                    temporary.rename(path)
 
     def close(self):
         self.manager.close()
+
+
+def _digests(step_directory) -> dict[str, str]:
+    """SHA-256 of every file of the step's items, by path relative to the step."""
+    digests = {}
+    for item in ITEMS:
+        if not (step_directory / item).exists():
+            continue
+        for folder, _, names in (step_directory / item).walk():
+            for name in names:
+                digest = hashlib.sha256()
+                with (folder / name).open("rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+                digests[str((folder / name).relative_to(step_directory))] = digest.hexdigest()
+    return dict(sorted(digests.items()))

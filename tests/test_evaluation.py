@@ -221,6 +221,7 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
         accelerate(causal, out=str(tmp_path / "out"), solvers=["euler", "leapfrog"], data_dir=corpus_dir)
     copy = tmp_path / "copy"
     shutil.copytree(causal, copy)
+    (copy / "checkpoints" / "40" / "checksums.json").unlink()  # unsealed, so orbax's own error is reached
     metadata = copy / "checkpoints" / "40" / "config" / "metadata"
     config = json.loads(metadata.read_text())
     config["model"].update(width=64, mlp_width=128, embedding_size=64)  # valid, but not these weights

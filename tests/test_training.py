@@ -211,14 +211,27 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, corpu
     assert np.isfinite(np.concatenate([p.ravel() for p in final_params(workdir, corpus_dir)])).all()
 
 
-def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_dir, tmp_path, caplog):
+def _largest_params_file(workdir) -> str:
+    files = [os.path.join(folder, name) for folder, _, names in os.walk(os.path.join(workdir, "checkpoints", "40",
+                                                                                       "params")) for name in names]
+    return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "flipped"])
+def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_dir, tmp_path, caplog, damage):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained, workdir)
-    state_dir = os.path.join(workdir, "checkpoints", "40", "params")
-    for folder, _, files in os.walk(state_dir):
-        for name in files:
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(b"not a checkpoint")
+    target = _largest_params_file(workdir)
+    if damage == "overwritten":
+        with open(target, "wb") as f:
+            f.write(b"not a checkpoint")
+    else:  # 64 bytes inside the data, inverted: orbax alone would load them as wrong numbers
+        data = bytearray(open(target, "rb").read())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+        open(target, "wb").write(bytes(data))
+        with pytest.raises(CheckpointError, match=r"checkpoint 40 under .* fails its checksums: params/"):
+            odeplm.load(workdir, step=40)
     with caplog.at_level(logging.WARNING):
         trainer = Trainer(tiny_config(corpus_dir), workdir)
     trainer.checkpointer.close()
@@ -335,6 +348,11 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
     shutil.copytree(trained, copy)
     metadata = copy / "checkpoints" / "40" / "config" / "metadata"
     config = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({**config, "edited": True}))  # any change to a sealed step is caught
+    with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* fails its checksums: config/metadata"):
+        odeplm.load(str(copy), step=40)
+    for step in (20, 40):  # unsealed steps, as a run killed during its last save leaves one
+        (copy / "checkpoints" / str(step) / "checksums.json").unlink()
     config["model"].update(width=64, mlp_width=128, embedding_size=64, project_embeddings=False)  # valid, wrong shapes
     metadata.write_text(json.dumps(config))
     with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
