@@ -29,6 +29,7 @@ from odeplm.paths import run_path
 from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
 from odeplm.solvers import plan_solves
+from odeplm.workdir_lock import WorkdirLock
 from odeplm.sharding import global_batch, make_mesh
 
 log = logging.getLogger("odeplm")
@@ -95,6 +96,9 @@ class Trainer:
     def run(self) -> dict:
         """Trains from the current step to `train.steps`; returns a summary."""
         settings = self.settings
+        lock = WorkdirLock(self.workdir) if jax.process_index() == 0 else None
+        if lock is not None:
+            lock.acquire()  # before anything is written: a second run on this workdir stops here
         writer = MetricWriter(self.workdir)
         peak = measure_matmul_peak() * jax.device_count()  # per-device peak times devices
         stop = {"requested": False}
@@ -127,6 +131,8 @@ class Trainer:
                 save_now = step % settings.checkpoint_every == 0 or step == settings.steps or stop_now
                 if step % settings.log_every == 0 or save_now:
                     window = self._flush(pending, writer, time.perf_counter() - window_start, peak, last_good)
+                    if lock is not None:
+                        lock.refresh()
                     progress.update(window_steps)
                     progress.set_postfix(loss=f"{window['loss']:.3f}", mfu=f"{window['mfu']:.2f}",
                                          tokens_per_s=f"{window['tokens_per_second']:,.0f}")
@@ -146,6 +152,8 @@ class Trainer:
                 signal.signal(signum, handler)
             self.checkpointer.wait()
             writer.close()
+            if lock is not None:
+                lock.release()
         return {"step": step, "preempted": step < settings.steps}
 
     def validate(self) -> dict[str, float]:

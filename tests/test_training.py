@@ -27,6 +27,7 @@ from odeplm.config import ConfigError
 from odeplm.metrics import forward_flops_per_token
 from odeplm.sharding import MeshError
 from odeplm.trainer import Trainer, TrainingError
+from odeplm.workdir_lock import WorkdirBusy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,6 +239,21 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_
     assert trainer.start_step == 20
     assert "checkpoint 40 cannot be read" in caplog.text
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "40.unreadable"))  # moved aside, not deleted
+
+
+def test_a_second_run_on_a_busy_workdir_is_refused_and_writes_nothing(trained, corpus_dir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    holder = {"host": socket.gethostname(), "pid": os.getppid(), "started": time.time(), "heartbeat": time.time()}
+    (workdir / "lock.json").write_text(json.dumps(holder))  # a live run on this host
+    before = {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))}
+    config = tiny_config(corpus_dir, train=dict(steps=60))
+    config.seed = 1  # another run: a different seed
+    trainer = Trainer(config, str(workdir))
+    with pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
+        trainer.run()
+    trainer.checkpointer.close()
+    assert {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))} == before
 
 
 def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_dir):

@@ -38,10 +38,10 @@ def main(argv):
 
     try:
         trainer = Trainer(FLAGS.config, FLAGS.workdir)
-    except ValueError as error:  # ConfigError, MeshError, DataError, CheckpointError: all name the problem
+        summary = trainer.run()
+    except ValueError as error:  # ConfigError, MeshError, DataError, CheckpointError, WorkdirBusy: each names it
         print(f"train.pretrain: {type(error).__name__}: {error}", file=sys.stderr)
         sys.exit(2)
-    summary = trainer.run()
     if summary["preempted"]:
         return
     rows, table = validation_table(trainer, FLAGS.config.eval.solves)

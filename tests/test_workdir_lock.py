@@ -1,0 +1,54 @@
+"""One run per workdir: a live holder is named and refused, a dead one's lock is taken over."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from odeplm.workdir_lock import WorkdirBusy, WorkdirLock
+
+
+def _write_lock(workdir, **holder):
+    values = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(), "heartbeat": time.time()}
+    values.update(holder)
+    (workdir / "lock.json").write_text(json.dumps(values))
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_a_live_holder_is_refused_and_a_dead_one_taken_over(tmp_path):
+    _write_lock(tmp_path, pid=os.getppid())  # a live process on this host: the one that started pytest
+    with pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()} on {socket.gethostname()} since .*lock.json"):
+        WorkdirLock(str(tmp_path)).acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getppid()  # left as it was
+
+    _write_lock(tmp_path, pid=_dead_pid())  # its process is gone: stale
+    lock = WorkdirLock(str(tmp_path))
+    lock.acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not (tmp_path / "lock.json").exists()
+
+
+def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_is_old(tmp_path):
+    _write_lock(tmp_path, host="pod-worker-7", pid=1, heartbeat=time.time() - 60)
+    with pytest.raises(WorkdirBusy, match="in use by pid 1 on pod-worker-7"):
+        WorkdirLock(str(tmp_path), stale_after=600).acquire()
+    _write_lock(tmp_path, host="pod-worker-7", pid=1, heartbeat=time.time() - 3600)
+    WorkdirLock(str(tmp_path), stale_after=600).acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["host"] == socket.gethostname()
+
+
+def test_release_leaves_another_holders_lock_alone(tmp_path):
+    lock = WorkdirLock(str(tmp_path))
+    lock.acquire()
+    _write_lock(tmp_path, host="elsewhere", pid=42)  # taken over by another run meanwhile
+    lock.release()
+    assert json.loads((tmp_path / "lock.json").read_text())["host"] == "elsewhere"
