@@ -313,6 +313,8 @@ def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
      """train.pretrain: --config: 'stepz'; Did you mean "steps" instead of "stepz"?"""),
     (("--config", "configs/missing.py"), "train.pretrain: --config: no such file: configs/missing.py"),
     (("--config", "configs/study.py:nosuch"), "Error whilst parsing config file: ValueError: unknown study model"),
+    (("--config", "configs/study.py:depth2", "--config.train.steps=0"),  # a file with an argument loads
+     "ConfigError: train.steps: must be an integer >= 1, got 0"),
 ])
 def test_config_flag_mistakes_are_one_line_and_exit_2(tmp_path, arguments, message):
     result = subprocess.run([sys.executable, "-m", "train.pretrain", "--workdir", str(tmp_path), *arguments], cwd=ROOT,

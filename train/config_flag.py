@@ -27,7 +27,7 @@ def parse(argv: list[str]) -> list[str]:
         _fail(" ".join(dict.fromkeys((lines[0], lines[-1]))))  # the flag, and the exception's last line
     except Exception as error:  # noqa: BLE001  (ml_collections raises KeyError and AttributeError for a field)
         _fail(f"--config: {_message(error)}")
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # configs/study.py:NAME
     if path and not os.path.isfile(path):
         _fail(f"--config: no such file: {path}")
     return remaining
