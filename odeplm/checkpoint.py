@@ -102,6 +102,11 @@ class Checkpointer:
                     f"checkpoint {candidate} under {self.directory} holds a different model: fields {fields} differ "
                     f"(saved {[saved.get(k) for k in fields]}, requested {[model_config.get(k) for k in fields]})"
                 )
+            try:
+                self._check_shapes(candidate, abstract_params)
+            except CheckpointError as error:
+                self._set_aside(candidate, error, explicit=step is not None)
+                continue
             saved_items = {item.name for item in (self.directory / str(candidate)).iterdir()}
             items = {"params": ocp.args.StandardRestore(abstract_params)}
             if abstract_optimizer is not None:
@@ -132,6 +137,18 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"odeplm_set_aside_{step}")
         self.manager.reload()
+
+    def _check_shapes(self, step: int, abstract_params):
+        """Compares the saved parameter shapes with the model's before restoring: orbax
+        would find a mismatch inside its event loop and leave tracebacks behind."""
+        saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params")
+        shapes = {_name(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params):
+            name = _name(path)
+            if shapes.get(name) != tuple(leaf.shape):
+                found = "is missing" if name not in shapes else f"has shape {shapes[name]}"
+                raise CheckpointError(f"checkpoint {step} under {self.directory}: parameter {name} {found}; the model "
+                                      f"expects {tuple(leaf.shape)}")
 
     def verify(self, step: int):
         """Raises CheckpointError naming the first file whose bytes differ from the
@@ -176,3 +193,7 @@ def _digests(step_directory) -> dict[str, str]:
                         digest.update(chunk)
                 digests[str((folder / name).relative_to(step_directory))] = digest.hexdigest()
     return dict(sorted(digests.items()))
+
+
+def _name(path) -> str:
+    return ".".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)

@@ -226,7 +226,8 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
     config = json.loads(metadata.read_text())
     config["model"].update(width=64, mlp_width=128, embedding_size=64)  # valid, but not these weights
     metadata.write_text(json.dumps(config))
-    with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
+    mismatch = r"checkpoint 40 under .*: parameter .* has shape \(32,\); the model expects \(64,\)"
+    with pytest.raises(odeplm.CheckpointError, match=mismatch):
         accelerate(str(copy), out=str(tmp_path / "out"), data_dir=corpus_dir)
     assert sorted(os.listdir(copy / "checkpoints")) == ["20", "40"]  # reading moves nothing aside
     assert not (tmp_path / "out").exists()

@@ -373,7 +373,8 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
         (copy / "checkpoints" / str(step) / "checksums.json").unlink()
     config["model"].update(width=64, mlp_width=128, embedding_size=64, project_embeddings=False)  # valid, wrong shapes
     metadata.write_text(json.dumps(config))
-    with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* cannot be read"):
+    mismatch = r"checkpoint 40 under .*: parameter .* has shape \(32,\); the model expects \(64,\)"
+    with pytest.raises(odeplm.CheckpointError, match=mismatch):
         odeplm.load(str(copy), step=40)
     assert (copy / "checkpoints" / "40").is_dir()  # an explicit step is never moved aside
     metadata.write_text("{not json")
