@@ -90,6 +90,16 @@ class Trainer:
                              objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle,
                              index=self.settings.record_index)
 
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Finishes any save in flight and closes the checkpointer."""
+        self.checkpointer.close()
+
     def save_config(self) -> dict:
         return {"model": self.model_config.to_dict(), "run": self.config.to_dict()}
 
@@ -127,7 +137,8 @@ class Trainer:
                 if settings.eval_every and step % settings.eval_every == 0:
                     metrics.update(self.validate())
                 window_steps += 1
-                stop_now = self._stop_requested(stop["requested"])
+                boundary = step % settings.log_every == 0 or step % settings.checkpoint_every == 0
+                stop_now = self._stop_requested(stop["requested"], boundary)
                 save_now = step % settings.checkpoint_every == 0 or step == settings.steps or stop_now
                 if step % settings.log_every == 0 or save_now:
                     window = self._flush(pending, writer, time.perf_counter() - window_start, peak, last_good)
@@ -171,10 +182,14 @@ class Trainer:
             values[f"validation/accuracy@{label}"] = result["accuracy"]
         return values
 
-    def _stop_requested(self, local: bool) -> bool:
-        """A SIGTERM or Ctrl-C on any process stops all of them at the same step."""
+    def _stop_requested(self, local: bool, boundary: bool) -> bool:
+        """A SIGTERM or Ctrl-C on any process stops all of them at the same step: the
+        next logging or saving boundary, where the processes agree on it (one
+        all-gather per window, not per step); a single process stops at once."""
         if jax.process_count() == 1:
             return local
+        if not boundary:
+            return False
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array(local))))

@@ -35,9 +35,8 @@ def pretrain(corpus_dir, workdir, **model):
     config = tiny.get_config()
     config.data.data_dir = corpus_dir
     config.model.update(model)
-    trainer = Trainer(config, str(workdir))
-    trainer.run()
-    trainer.checkpointer.close()
+    with Trainer(config, str(workdir)) as trainer:
+        trainer.run()
     return str(workdir)
 
 

@@ -67,9 +67,8 @@ def logged_losses(workdir) -> dict[int, float]:
 
 def final_params(workdir, corpus_dir) -> list[np.ndarray]:
     """Parameters of the newest checkpoint, restored onto this process's single device."""
-    trainer = Trainer(tiny_config(corpus_dir), str(workdir))
-    trainer.checkpointer.close()
-    return [np.asarray(x) for x in jax.tree.leaves(trainer.state["params"])]
+    with Trainer(tiny_config(corpus_dir), str(workdir)) as trainer:
+        return [np.asarray(x) for x in jax.tree.leaves(trainer.state["params"])]
 
 
 def wait_for(path, process, timeout=300):
@@ -89,9 +88,8 @@ def assert_same_losses(a: dict, b: dict, steps, rtol):
 def trained(corpus_dir, tmp_path_factory):
     """One in-process tiny run: 40 steps, checkpoints at 20 and 40."""
     workdir = str(tmp_path_factory.mktemp("trained"))
-    trainer = Trainer(tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2")), workdir)
-    trainer.run()
-    trainer.checkpointer.close()
+    with Trainer(tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2")), workdir) as t:
+        t.run()
     return workdir
 
 
@@ -202,13 +200,12 @@ def test_two_processes_write_the_same_checkpoint_as_one(corpus_dir, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, corpus_dir, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained, workdir)
-    trainer = Trainer(tiny_config(corpus_dir, train=dict(steps=60, log_every=1)), workdir)
-    assert trainer.start_step == 40
-    trainer.state = {**trainer.state, "params": jax.tree.map(lambda x: x * np.nan, trainer.state["params"])}
-    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 41; .* last good checkpoint: step 40"):
-        trainer.run()
-    assert trainer.checkpointer.steps() == [20, 40]
-    trainer.checkpointer.close()
+    with Trainer(tiny_config(corpus_dir, train=dict(steps=60, log_every=1)), workdir) as trainer:
+        assert trainer.start_step == 40
+        trainer.state = {**trainer.state, "params": jax.tree.map(lambda x: x * np.nan, trainer.state["params"])}
+        with pytest.raises(TrainingError, match=r"non-finite loss nan at step 41; .* last good checkpoint: step 40"):
+            trainer.run()
+        assert trainer.checkpointer.steps() == [20, 40]
     assert np.isfinite(np.concatenate([p.ravel() for p in final_params(workdir, corpus_dir)])).all()
 
 
@@ -233,10 +230,8 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_
         open(target, "wb").write(bytes(data))
         with pytest.raises(CheckpointError, match=r"checkpoint 40 under .* fails its checksums: params/"):
             odeplm.load(workdir, step=40)
-    with caplog.at_level(logging.WARNING):
-        trainer = Trainer(tiny_config(corpus_dir), workdir)
-    trainer.checkpointer.close()
-    assert trainer.start_step == 20
+    with caplog.at_level(logging.WARNING), Trainer(tiny_config(corpus_dir), workdir) as trainer:
+        assert trainer.start_step == 20
     assert "checkpoint 40 cannot be read" in caplog.text
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "40.unreadable"))  # moved aside, not deleted
 
@@ -249,10 +244,8 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_writes_nothing(trained, c
     before = {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))}
     config = tiny_config(corpus_dir, train=dict(steps=60))
     config.seed = 1  # another run: a different seed
-    trainer = Trainer(config, str(workdir))
-    with pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
+    with Trainer(config, str(workdir)) as trainer, pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
         trainer.run()
-    trainer.checkpointer.close()
     assert {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))} == before
 
 
@@ -326,10 +319,9 @@ def test_config_flag_mistakes_are_one_line_and_exit_2(tmp_path, arguments, messa
 def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
     losses = []
     for accum in (1, 4):
-        trainer = Trainer(tiny_config(corpus_dir, train=dict(steps=3, grad_accum=accum, log_every=1)),
-                          str(tmp_path / str(accum)))
-        trainer.run()
-        trainer.checkpointer.close()
+        with Trainer(tiny_config(corpus_dir, train=dict(steps=3, grad_accum=accum, log_every=1)),
+                     str(tmp_path / str(accum))) as trainer:
+            trainer.run()
         losses.append(logged_losses(tmp_path / str(accum)))
     assert_same_losses(losses[1], losses[0], range(1, 4), rtol=1e-5)
 
@@ -339,8 +331,8 @@ def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpu
 
     import odeplm
 
-    trainer = Trainer(tiny_config(corpus_dir), trained)
-    trainer.checkpointer.close()
+    with Trainer(tiny_config(corpus_dir), trained) as trainer:
+        pass
     for path in (trained, os.path.join(trained, "checkpoints"), os.path.join(trained, "checkpoints", "40")):
         loaded = odeplm.load(path)
         assert loaded.step == 40 and loaded.config["model"] == trainer.model_config.to_dict()
@@ -390,9 +382,8 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
 
     config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
                          train=dict(log_every=5, step_counts="2,4"))
-    trainer = Trainer(config, str(tmp_path))
-    trainer.run()
-    trainer.checkpointer.close()
+    with Trainer(config, str(tmp_path)) as trainer:
+        trainer.run()
     losses = logged_losses(tmp_path)
     # MFU is per logging window, from the FLOPs its steps ran at their own NFE: per window it is
     # tokens/s times the window's mean FLOPs per token over the peak, the same peak in every window
@@ -411,7 +402,7 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows) and "masked LM" in table
     assert "masked predictions at euler:4 (NFE 4) " in show_outputs(trainer, "euler,euler:1")
 
-    causal = Trainer(tiny_config(corpus_dir), trained)
-    causal.checkpointer.close()
+    with Trainer(tiny_config(corpus_dir), trained) as causal:
+        pass
     shown = show_outputs(causal, "euler,euler:1", prompt="ROMEO.\n")
     assert "--- sample at euler:4 (NFE 4)\nROMEO." in shown and "--- sample at euler:1 (NFE 1)\nROMEO." in shown

@@ -38,18 +38,25 @@ def main(argv):
 
     try:
         trainer = Trainer(FLAGS.config, FLAGS.workdir)
-        summary = trainer.run()
-    except ValueError as error:  # ConfigError, MeshError, DataError, CheckpointError, WorkdirBusy: each names it
-        print(f"train.pretrain: {type(error).__name__}: {error}", file=sys.stderr)
-        sys.exit(2)
-    if summary["preempted"]:
-        return
-    rows, table = validation_table(trainer, FLAGS.config.eval.solves)
-    if jax.process_index() == 0:
-        print(table)
-        print(show_outputs(trainer, FLAGS.config.eval.solves))
-        (run_path(FLAGS.workdir) / "validation.json").write_text(json.dumps(rows, indent=2))
+    except ValueError as error:  # ConfigError, MeshError, DataError, CheckpointError: each names the problem
+        _exit_for(error)
+    with trainer:
+        try:
+            summary = trainer.run()
+        except ValueError as error:  # WorkdirBusy: another run holds the workdir
+            _exit_for(error)
+        if summary["preempted"]:
+            return
+        rows, table = validation_table(trainer, FLAGS.config.eval.solves)
+        if jax.process_index() == 0:
+            print(table)
+            print(show_outputs(trainer, FLAGS.config.eval.solves))
+            (run_path(FLAGS.workdir) / "validation.json").write_text(json.dumps(rows, indent=2))
 
+
+def _exit_for(error: ValueError):
+    print(f"train.pretrain: {type(error).__name__}: {error}", file=sys.stderr)
+    sys.exit(2)
 
 if __name__ == "__main__":
     app.run(main, flags_parser=config_flag.parse)
