@@ -23,7 +23,8 @@ from flax import nnx
 
 from odeplm.checkpoint import CheckpointError
 from odeplm.data.labelled import Labelled, load_labelled
-from odeplm.data.tokenizer import BOS, PAD, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import BOS, PAD
 from odeplm.grid import DEFAULT_SOLVERS, grid_points
 from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel, SequenceClassifier, forward

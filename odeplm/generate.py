@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeplm.data.tokenizer import EOS, PAD
+from odeplm.special_ids import EOS, PAD
 from odeplm.inputs import check_inputs
 from odeplm.solvers import SOLVERS, SolvePlan, SolverError, plan_solves
 

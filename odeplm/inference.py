@@ -16,7 +16,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from odeplm.data.tokenizer import EOS, MASK, PAD, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import EOS, MASK, PAD
 from odeplm.inputs import InputError
 from odeplm.model import LanguageModel, forward
 

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeplm.data.tokenizer import EOS, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import EOS
 from odeplm.solvers import SolvePlan, plan_solves
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg, text_source
 from odeplm.data.pipeline import Batches
-from odeplm.data.tokenizer import MASK, PAD, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import MASK, PAD
 
 
 def test_strip_gutenberg_keeps_only_the_work():

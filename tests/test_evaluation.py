@@ -22,7 +22,7 @@ from configs import tiny
 from odeplm.data.corpus import DataError
 from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
-from odeplm.data.tokenizer import EOS, MASK
+from odeplm.special_ids import EOS, MASK
 from odeplm.finetune import finetune_checkpoint
 from odeplm.generate import generate
 from odeplm.grid import accelerate, grid_points, loss_range, pareto_front, truncated

@@ -14,7 +14,7 @@ from odeplm.data.corpus import DataError, text_source
 from odeplm.data.pipeline import split_batches
 from odeplm.data.prepared import (TokenFiles, TokenWindows, dataset_root, dataset_tokenizer, prepare_split,
                                   split_directory)
-from odeplm.data.tokenizer import EOS
+from odeplm.special_ids import EOS
 
 
 @pytest.fixture(scope="module")

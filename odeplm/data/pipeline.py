@@ -16,7 +16,8 @@ import grain
 import numpy as np
 
 from odeplm.data.prepared import TokenFiles, TokenWindows, builds_locally, prepare_split
-from odeplm.data.tokenizer import MASK, PAD, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import MASK, PAD
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -33,7 +33,8 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from odeplm.config import ConfigError
 from odeplm.data.corpus import DataError, text_source
-from odeplm.data.tokenizer import EOS, Tokenizer
+from odeplm.data.tokenizer import Tokenizer
+from odeplm.special_ids import EOS
 
 RECORD_TOKENS = 4096
 # Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.

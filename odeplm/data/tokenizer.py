@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-PAD, UNK, BOS, EOS, MASK = 0, 1, 2, 3, 4
+from odeplm.special_ids import BOS, EOS, MASK, PAD, UNK
+
 KINDS = ("bpe", "char")
 
 
