@@ -26,6 +26,8 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from odeplm.solvers import SOLVERS
+
 flags.DEFINE_string("table", None, "search, recipes, solvers, masked or latency")
 flags.DEFINE_list("evaluate", [], "models of configs/study.py whose result files to (re)make from --workdir")
 flags.DEFINE_string("workdir", "runs/study", "one pre-training workdir per model under here")
@@ -38,8 +40,13 @@ CAUSAL = {n: f"depth{n}" for n in SPEEDS}
 RECIPES = ("random", "sandwich", "sandwich_heavy", "sandwich_hidden", "sandwich_time")
 MASKED = {"post": ("masked_post_sandwich", "masked_post_ln_euler"), "pre": ()}
 GRID_SOLVERS = ("euler", "midpoint", "heun", "rk4")
-EQUAL_NFE = {2: ("euler:2", "midpoint:1", "heun:1"), 4: ("euler:4", "midpoint:2", "heun:2", "rk4:1"),
-             8: ("euler:8", "midpoint:4", "heun:4", "rk4:2")}
+GRID_STEPS = (1, 2, 4, 8)
+
+
+def equal_nfe(nfe: int) -> tuple[str, ...]:
+    """The grid's solves that cost exactly `nfe` evaluations of one segment."""
+    return tuple(f"{s}:{n}" for s in GRID_SOLVERS for n in GRID_STEPS if SOLVERS[s].nfe(n) == nfe)
+
 
 
 def evaluate(name: str) -> dict:
@@ -48,7 +55,7 @@ def evaluate(name: str) -> dict:
 
     workdir = os.path.join(FLAGS.workdir, name)
     solvers = GRID_SOLVERS + (("ln_euler",) if name.startswith("masked_post") else ())
-    report = accelerate(workdir, out=os.path.join(workdir, "accelerate"), solvers=solvers, steps=[1, 2, 4, 8],
+    report = accelerate(workdir, out=os.path.join(workdir, "accelerate"), solvers=solvers, steps=list(GRID_STEPS),
                         max_nfe=16, batches=16, batch_size=16, rounds=3)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
@@ -146,7 +153,7 @@ def truncation_row(name: str, dedicated: dict[int, str]) -> str:
 
 def solvers_table(models) -> str:
     lines = []
-    for nfe, solves in EQUAL_NFE.items():
+    for nfe, solves in ((n, equal_nfe(n)) for n in SPEEDS[::-1]):
         lines += [f"NFE {nfe}:", "", "| model | " + " | ".join(solves) + " | best |",
                   "|---" + "|---:" * len(solves) + "|---|"]
         for name in models:

@@ -7,6 +7,7 @@ Cost is counted in function evaluations of the shared block (NFE).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -46,13 +47,33 @@ def _layer_norm_euler() -> diffrax.AbstractSolver:
 
 @dataclasses.dataclass(frozen=True)
 class SolverInfo:
-    """What the rest of the library needs to know about a solver."""
+    """What the rest of the library needs to know about a solver, read off the
+    diffrax solver itself: its order, and from its Butcher tableau the stages,
+    first-same-as-last, and whether it has an embedded error estimate."""
 
     make: Callable[[], diffrax.AbstractSolver]
-    order: int
-    stages: int
-    fsal: bool  # first stage reuses the previous step's last evaluation
-    adaptive: bool  # has an embedded error estimate for step-size control
+
+    @functools.cached_property
+    def order(self) -> int:
+        return int(self.make().order(None))
+
+    @functools.cached_property
+    def _tableau(self) -> diffrax.ButcherTableau | None:
+        return getattr(self.make(), "tableau", None)  # Euler and ln_euler: none, one stage
+
+    @property
+    def stages(self) -> int:
+        return 1 if self._tableau is None else int(self._tableau.num_stages)
+
+    @property
+    def fsal(self) -> bool:
+        """The first stage reuses the previous step's last evaluation."""
+        return self._tableau is not None and bool(self._tableau.fsal)
+
+    @property
+    def adaptive(self) -> bool:
+        """Has an embedded error estimate, for step-size control."""
+        return self._tableau is not None and bool(np.any(np.asarray(self._tableau.b_error) != 0))
 
     def nfe(self, num_steps):
         """Function evaluations for `num_steps` attempted steps (rejected ones included)."""
@@ -60,16 +81,16 @@ class SolverInfo:
 
 
 SOLVERS: dict[str, SolverInfo] = {
-    "euler": SolverInfo(diffrax.Euler, order=1, stages=1, fsal=False, adaptive=False),
-    "midpoint": SolverInfo(diffrax.Midpoint, order=2, stages=2, fsal=False, adaptive=False),
-    "heun": SolverInfo(diffrax.Heun, order=2, stages=2, fsal=False, adaptive=True),
-    "ralston": SolverInfo(diffrax.Ralston, order=2, stages=2, fsal=False, adaptive=False),
-    "bosh3": SolverInfo(diffrax.Bosh3, order=3, stages=4, fsal=True, adaptive=True),
-    "rk4": SolverInfo(RK4, order=4, stages=4, fsal=False, adaptive=False),
-    "tsit5": SolverInfo(diffrax.Tsit5, order=5, stages=7, fsal=True, adaptive=True),
-    "dopri5": SolverInfo(diffrax.Dopri5, order=5, stages=7, fsal=True, adaptive=True),
+    "euler": SolverInfo(diffrax.Euler),
+    "midpoint": SolverInfo(diffrax.Midpoint),
+    "heun": SolverInfo(diffrax.Heun),
+    "ralston": SolverInfo(diffrax.Ralston),
+    "bosh3": SolverInfo(diffrax.Bosh3),
+    "rk4": SolverInfo(RK4),
+    "tsit5": SolverInfo(diffrax.Tsit5),
+    "dopri5": SolverInfo(diffrax.Dopri5),
     # Post-LN only: h <- LN(h + tau F(h)) per sub-layer, not a Runge-Kutta method of f (see odeplm.ode)
-    "ln_euler": SolverInfo(_layer_norm_euler, order=1, stages=1, fsal=False, adaptive=False),
+    "ln_euler": SolverInfo(_layer_norm_euler),
 }
 
 
