@@ -117,8 +117,8 @@ def test_sandwich_gradient_equals_the_objective_written_out(rng):
             total += weight * jnp.sum((label_weight * labels + (1 - label_weight) * soft + hidden_weight * hidden) * w)
         return total
 
-    (objective, sums), grads = jax.value_and_grad(ours, has_aux=True)(params)
-    expected, expected_grads = jax.value_and_grad(written_out)(params)
+    (objective, sums), grads = jax.jit(jax.value_and_grad(ours, has_aux=True))(params)
+    expected, expected_grads = jax.jit(jax.value_and_grad(written_out))(params)
     np.testing.assert_allclose(objective, expected, rtol=1e-5)
     for ours_leaf, expected_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         np.testing.assert_allclose(ours_leaf, expected_leaf, atol=1e-5, rtol=1e-4)
