@@ -192,8 +192,8 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
         for solver, style in (("euler", "-o"), ("midpoint", "^"), ("rk4", "D")):
             points = sorted((r["nfe"], r["loss"]) for r in rows if r["solves"][0].split(":")[0] == solver)
             if points:
-                axes.plot(*zip(*points), style, color=f"C{index}", markersize=5, linestyle=None if solver == "euler"
-                          else "none", label=f"{name}: {solver}" if solver == "euler" or index == 0 else None)
+                axes.plot(*zip(*points), style, color=f"C{index}", markersize=5,
+                          label=f"{name}: {solver}" if solver == "euler" or index == 0 else None)
     references = sorted((n, at(name, f"euler:{n}")) for n, name in dedicated.items() if result(name))
     axes.plot(*zip(*references), "k*", markersize=13, label="dedicated model of N layers")
     low = min(v for _, v in references)
