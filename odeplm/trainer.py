@@ -45,6 +45,10 @@ class Trainer:
     def __init__(self, config: ConfigDict, workdir: str):
         if run_path(workdir).exists() and not run_path(workdir).is_dir():
             raise ConfigError("workdir", f"{workdir} is a file, not a directory")
+        try:
+            run_path(workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # read-only, or under a file
+            raise ConfigError("workdir", f"cannot create {workdir}: {error.strerror or error}") from None
         self.config = config
         self.workdir = workdir
         self.settings = settings = TrainSettings.from_config(config)

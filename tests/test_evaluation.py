@@ -205,6 +205,11 @@ def test_pareto_front():
 def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
     with pytest.raises(odeplm.CheckpointError, match="no checkpoint directory"):
         accelerate(str(tmp_path / "nowhere"), out=str(tmp_path / "out"), data_dir=corpus_dir)
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(odeplm.CheckpointError, match="notes is neither a pre-training workdir nor a checkpoint"):
+        accelerate(str(tmp_path / "notes"), data_dir=corpus_dir)
+    with pytest.raises(ValueError, match="checkpoints is a checkpoint directory, .* pass --out"):
+        accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
     with pytest.raises(ValueError, match="not a pre-training workdir; pass --out"):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
     from odeplm.grid import parse_steps
@@ -233,7 +238,7 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
     # The command line says the same in one line and exits 2.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-m", "eval.accelerate", f"--checkpoint={tmp_path / 'nowhere'}",
-                             f"--out={tmp_path / 'out'}", f"--data_dir={corpus_dir}"],
+                             f"--data_dir={corpus_dir}"],
                             cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "CheckpointError: no checkpoint directory" in result.stderr.strip().splitlines()[-1]

@@ -290,6 +290,8 @@ def test_a_workdir_that_is_a_file_is_refused_and_left_alone(corpus_dir, tmp_path
     with pytest.raises(ConfigError, match="workdir: .*notes.txt is a file, not a directory"):
         Trainer(tiny_config(corpus_dir), str(tmp_path / "notes.txt"))
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="workdir: cannot create .*notes.txt/run"):
+        Trainer(tiny_config(corpus_dir), str(tmp_path / "notes.txt" / "run"))
 
 
 def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
