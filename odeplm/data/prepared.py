@@ -78,6 +78,10 @@ def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_ch
         tokenizer = Tokenizer.train((texts[int(i)] for i in sample), vocab_size, max_characters=sample_characters,
                                     kind=kind)
     except RuntimeError as error:  # SentencePiece reports an impossible vocabulary this way
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(error))
+        if needed:
+            raise ConfigError("model.vocab_size", f"the corpus needs at least {needed[1]} {kind} pieces "
+                                                  f"(its characters, bytes and specials), got {vocab_size}") from None
         raise ConfigError("model.vocab_size", f"cannot train a tokenizer of this size: {error}") from None
     if tokenizer.vocab_size != vocab_size:
         raise ConfigError("model.vocab_size", f"the corpus supports a {kind} tokenizer of {tokenizer.vocab_size} "
