@@ -10,6 +10,7 @@ derives from (seed, step), so a resumed run replays the uninterrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 
@@ -49,6 +50,8 @@ class Trainer:
             run_path(workdir).mkdir(parents=True, exist_ok=True)
         except OSError as error:  # read-only, or under a file
             raise ConfigError("workdir", f"cannot create {workdir}: {error.strerror or error}") from None
+        if "://" not in workdir and not os.access(workdir, os.W_OK):
+            raise ConfigError("workdir", f"{workdir} is not writable")
         self.config = config
         self.workdir = workdir
         self.settings = settings = TrainSettings.from_config(config)
