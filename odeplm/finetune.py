@@ -117,12 +117,8 @@ def finetune_checkpoint(checkpoint: str, *, task: str = "shakespeare_genre", out
     loaded = load(checkpoint)
     if loaded.tokenizer is None:
         raise CheckpointError(f"{checkpoint} holds no tokenizer, so text cannot be read")
-    run = loaded.config.get("run", {})
-    data_dir = loaded.data_dir(data_dir)
-    train = run.get("train", {})
-    discretisation = Discretisation.parse(train.get("solver", "euler"), str(train.get("step_counts", "")),
-                                          str(train.get("step_weights", "")))
-    data = load_labelled(task, data_dir, per_class=per_class, seed=seed)
+    data = load_labelled(task, loaded.data_dir(data_dir), per_class=per_class, seed=seed)
+    discretisation = loaded.run.discretisation
     classifier, losses = finetune(loaded.model, loaded.tokenizer, data, discretisation=discretisation, epochs=epochs,
                                   batch_size=batch_size, learning_rate=learning_rate, seed=seed)
     tokens, mask = classification_inputs(loaded.tokenizer, data.test_texts, loaded.model.config.max_length)

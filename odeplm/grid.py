@@ -248,13 +248,12 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     loaded = load(checkpoint, step)
     if loaded.tokenizer is None:
         raise CheckpointError(f"{checkpoint} holds no tokenizer, so its validation text cannot be read")
-    run = loaded.config.get("run", {})
-    seed = run.get("seed", 0)
-    dataset = dataset or run.get("data", {}).get("dataset", "shakespeare")
+    run = loaded.run
+    dataset = dataset or run.dataset
     data_dir = loaded.data_dir(data_dir)
     config = loaded.model.config
     validation = split_batches(dataset, "validation", data_dir, loaded.tokenizer, length=config.max_length,
-                               batch_size=batch_size, objective=config.objective, seed=seed, shuffle=False)
+                               batch_size=batch_size, objective=config.objective, seed=run.seed, shuffle=False)
     points = grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra, max_nfe)
     rows = run_grid(loaded.model, points, validation, batches, rounds)
     name = os.path.basename(os.path.normpath(checkpoint))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import numpy as np
@@ -21,6 +21,9 @@ from odeplm.config import ModelConfig
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.model import LanguageModel
 from odeplm.paths import run_path
+
+if TYPE_CHECKING:
+    from odeplm.settings import TrainSettings
 
 
 class Loaded(NamedTuple):
@@ -44,10 +47,17 @@ class Loaded(NamedTuple):
         """One vector per text: final hidden states averaged over its tokens."""
         return inference.encode(self.model, self._tokenizer(), texts, solve=solve)
 
+    @property
+    def run(self) -> TrainSettings:
+        """The settings the checkpoint was trained with, typed and read over today's
+        defaults (all defaults for a converted model, which was trained elsewhere)."""
+        from odeplm.settings import TrainSettings  # it reads TFDS options: imported only when asked
+
+        return TrainSettings.from_saved(self.config.get("run", {}))
+
     def data_dir(self, override: str | None = None) -> str:
         """The TFDS data directory: `override`, else the one the checkpoint's run used."""
-        saved = self.config.get("run", {}).get("data", {}).get("data_dir")
-        return os.path.expanduser(override or saved or "~/tensorflow_datasets")
+        return os.path.expanduser(override) if override else self.run.data_dir
 
     def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from ml_collections import ConfigDict
 
@@ -11,6 +13,7 @@ from odeplm.config import ConfigError
 from odeplm.data.prepared import INDEX_OPTIONS
 from odeplm.data.tokenizer import KINDS
 from odeplm.recipe import Discretisation, Distillation
+from odeplm.run_config import default_config
 from odeplm.solvers import Solve, SolverError
 
 
@@ -55,6 +58,18 @@ class TrainSettings:
     mesh: tuple[int, int, int]
     discretisation: Discretisation
     distillation: Distillation
+
+    @classmethod
+    def from_saved(cls, run: Mapping[str, Any]) -> "TrainSettings":
+        """The settings of a saved run (`Checkpointer` keeps `config.to_dict()`), over
+        today's defaults for the fields it predates; fields since removed are ignored."""
+        config = default_config()
+        for name, value in run.items():
+            if isinstance(value, Mapping) and name in config:
+                config[name].update({k: v for k, v in value.items() if k in config[name]})
+            elif name in config:
+                config[name] = value
+        return cls.from_config(config)
 
     @classmethod
     def from_config(cls, config: ConfigDict) -> "TrainSettings":

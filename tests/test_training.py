@@ -5,6 +5,7 @@ Runs that need their own device count or process are real subprocesses of
 `python -m train.pretrain`; the rest drive `Trainer` in this process.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from odeplm.data.pipeline import split_batches
 from odeplm.checkpoint import CheckpointError
 from odeplm.config import ConfigError
 from odeplm.metrics import forward_flops_per_token
+from odeplm.settings import TrainSettings
 from odeplm.sharding import MeshError
 from odeplm.trainer import Trainer, TrainingError
 from odeplm.workdir_lock import WorkdirBusy
@@ -88,9 +90,13 @@ def assert_same_losses(a: dict, b: dict, steps, rtol):
 def trained(corpus_dir, tmp_path_factory):
     """One in-process tiny run: 40 steps, checkpoints at 20 and 40."""
     workdir = str(tmp_path_factory.mktemp("trained"))
-    with Trainer(tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2")), workdir) as t:
+    with Trainer(trained_config(corpus_dir), workdir) as t:
         t.run()
     return workdir
+
+
+def trained_config(corpus_dir):
+    return tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2"))
 
 
 def test_validation_during_training_is_the_checkpoint_scored_independently(trained, corpus_dir):
@@ -343,6 +349,13 @@ def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpu
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert loaded.tokenizer.fingerprint == trainer.tokenizer.fingerprint
     assert odeplm.load(trained, step=20).step == 20
+    # the run's settings come back typed, and a run saved before a field existed reads it as today's default
+    settings = TrainSettings.from_config(trained_config(corpus_dir))
+    assert loaded.run == settings
+    older = {**loaded.config["run"], "train": {k: v for k, v in loaded.config["run"]["train"].items()
+                                               if not k.startswith(("distill_", "eval_every", "eval_solves"))}}
+    assert loaded._replace(config={**loaded.config, "run": older}).run == dataclasses.replace(
+        settings, eval_every=0, eval_solves=())
 
 
 def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
