@@ -29,9 +29,9 @@ from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul
 from odeplm.paths import run_path
 from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
+from odeplm.sharding import global_batch, make_mesh
 from odeplm.solvers import plan_solves
 from odeplm.workdir_lock import WorkdirLock
-from odeplm.sharding import global_batch, make_mesh
 
 log = logging.getLogger("odeplm")
 
