@@ -27,7 +27,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax logs every item it restores at INFO
     import odeplm
     from odeplm.generate import Sampling, generate
-    from odeplm.solvers import fixed_nfe
+    from odeplm.solvers import fixed_nfe, plan_label
 
     loaded = odeplm.load(FLAGS.checkpoint)
     if loaded.tokenizer is None:
@@ -39,7 +39,7 @@ def main(argv):
         loaded.model, [loaded.tokenizer.encode(p) for p in prompts], max_new_tokens=FLAGS.max_new_tokens,
         solve=plan, sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed,
     )
-    label = f"{','.join(map(str, dict.fromkeys(plan)))} (NFE {fixed_nfe(depth, plan)})"
+    label = f"{plan_label(plan)} (NFE {fixed_nfe(depth, plan)})"
     for prompt, ids in zip(prompts, outputs):
         print(f"--- {label}\n{prompt}{loaded.tokenizer.decode(ids)}")
 

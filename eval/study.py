@@ -59,7 +59,8 @@ def evaluate(name: str) -> dict:
                         max_nfe=16, batches=16, batch_size=16, rounds=3)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
-    run = json.load(open(os.path.join(workdir, "validation.json")))
+    with open(os.path.join(workdir, "validation.json")) as f:
+        run = json.load(f)
     keep = ("label", "kind", "solves", "layers", "nfe", "loss", "accuracy", "latency_ms", "speedup")
     result = {
         "name": name, "model": report["model"], "step": report["step"], "unigram_loss": report["unigram_loss"],

@@ -29,7 +29,7 @@ from odeplm.data.pipeline import Batches, split_batches
 from odeplm.evaluate import evaluate, unigram_loss
 from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel
-from odeplm.solvers import SOLVERS, SolvePlan, SolverError, parse_plan, plan_solves
+from odeplm.solvers import SOLVERS, SolvePlan, SolverError, parse_plan, plan_label, plan_solves
 from odeplm.timing import compile_timed, measure, paired_ratio
 
 DEFAULT_SOLVERS = ("euler", "midpoint", "heun", "bosh3", "rk4")
@@ -74,7 +74,7 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
     if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
         raise SolverError(f"max_nfe must be a positive integer, got {max_nfe!r}")
     full = plan_solves(depth, None)
-    points = [GridPoint("full depth", f"full depth ({_label(full)})", full)]
+    points = [GridPoint("full depth", f"full depth ({plan_label(full)})", full)]
     layers = model.config.layers
     for k in sorted({n * len(depth) for n in steps} | set(steps)):
         if k < layers:
@@ -83,19 +83,15 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
         for n in sorted(set(steps)):
             solves = plan_solves(depth, f"{solver}:{n}")
             if solves != full and (max_nfe is None or sum(s.info.nfe(s.steps) for s in solves) <= max_nfe):
-                points.append(GridPoint("solve", _label(solves), solves))
+                points.append(GridPoint("solve", plan_label(solves), solves))
     for text in extra:
         solves = plan_solves(depth, parse_plan(text))
-        points.append(GridPoint("solve", _label(solves), solves))
+        points.append(GridPoint("solve", plan_label(solves), solves))
     labels = [p.label for p in points]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
     if duplicates:
         raise SolverError(f"grid points given twice: {duplicates}")
     return points
-
-
-def _label(solves: SolvePlan) -> str:
-    return str(solves[0]) if len(set(solves)) == 1 else ",".join(map(str, solves))
 
 
 def truncated_depth(depth: tuple[Segment, ...], layers: int) -> tuple[Segment, ...]:

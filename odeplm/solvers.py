@@ -190,6 +190,11 @@ def plan_solves(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | N
     return tuple(resolved)
 
 
+def plan_label(plan: SolvePlan) -> str:
+    """A plan as text: one solve when every segment runs the same, else one per segment."""
+    return str(plan[0]) if len(set(plan)) == 1 else ",".join(map(str, plan))
+
+
 def fixed_nfe(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | None = None) -> int:
     """Function evaluations of a fixed-step solve plan over the whole depth plan."""
     plan = plan_solves(depth, solve)

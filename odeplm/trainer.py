@@ -30,7 +30,7 @@ from odeplm.paths import run_path
 from odeplm.program import TrainProgram
 from odeplm.settings import TrainSettings
 from odeplm.sharding import global_batch, make_mesh
-from odeplm.solvers import plan_solves
+from odeplm.solvers import plan_label, plan_solves
 from odeplm.workdir_lock import WorkdirLock
 
 log = logging.getLogger("odeplm")
@@ -44,10 +44,11 @@ class Trainer:
     """Owns one run: its mesh, data, state and checkpoints, under `workdir`."""
 
     def __init__(self, config: ConfigDict, workdir: str):
-        if run_path(workdir).exists() and not run_path(workdir).is_dir():
+        path = run_path(workdir)
+        if path.exists() and not path.is_dir():
             raise ConfigError("workdir", f"{workdir} is a file, not a directory")
         try:
-            run_path(workdir).mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as error:  # read-only, or under a file
             raise ConfigError("workdir", f"cannot create {workdir}: {error.strerror or error}") from None
         if "://" not in workdir and not os.access(workdir, os.W_OK):
@@ -182,7 +183,7 @@ class Trainer:
         plans += [plan_solves(depth, solve) for solve in self.settings.eval_solves]
         values = {}
         for plan in dict.fromkeys(plans):
-            label = str(plan[0]) if len(set(plan)) == 1 else ",".join(map(str, plan))
+            label = plan_label(plan)
             result = evaluate(self.graphdef, self.state["params"], self.validation_batches, plan,
                               self.settings.eval_batches)
             values[f"validation/loss@{label}"] = result["loss"]
