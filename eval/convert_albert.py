@@ -34,7 +34,7 @@ def convert_directory(hf: str, out: str) -> str:
     spiece = os.path.join(hf, "spiece.model")
     if os.path.exists(spiece):
         with open(spiece, "rb") as f:
-            tokenizer = Tokenizer(f.read())
+            tokenizer = Tokenizer(f.read()).to_json()
     checkpointer = Checkpointer(out, async_save=False)
     config = {"model": model.config.to_dict(), "source": {"format": "huggingface-albert", "path": os.path.abspath(hf)}}
     checkpointer.save(0, params=nnx.to_pure_dict(nnx.state(model)), config=config, tokenizer=tokenizer, force=True)

@@ -1,4 +1,11 @@
-"""odeplm: parameter-shared language models read as neural ODEs, fast at inference."""
+"""odeplm: parameter-shared language models read as neural ODEs, fast at inference.
+
+`import odeplm` brings the model core only (config, block, vector field,
+solvers, model); `odeplm.load`, `Loaded` and `CheckpointError` import orbax
+and the tokenizer when first used.
+"""
+
+import importlib
 
 from odeplm.block import Block
 from odeplm.config import (
@@ -12,9 +19,7 @@ from odeplm.config import (
     sandwich,
     unshared,
 )
-from odeplm.checkpoint import CheckpointError
 from odeplm.inputs import InputError, check_inputs
-from odeplm.loading import Loaded, load
 from odeplm.model import Encoder, LanguageModel, ModelOutput, SequenceClassifier, forward
 from odeplm.ode import integrate, vector_field
 from odeplm.solvers import RK4, SOLVERS, Solve, SolverError, parse_plan, plan_solves
@@ -49,3 +54,13 @@ __all__ = [
     "unshared",
     "vector_field",
 ]
+
+_LAZY = {"CheckpointError": "odeplm.checkpoint", "Loaded": "odeplm.loading", "load": "odeplm.loading"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'odeplm' has no attribute {name!r}")

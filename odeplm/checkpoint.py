@@ -25,7 +25,6 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from odeplm.config import ModelConfig
-from odeplm.data.tokenizer import Tokenizer
 from odeplm.paths import run_path
 
 ITEMS = ("params", "optimizer", "config", "tokenizer")
@@ -58,14 +57,15 @@ class Checkpointer:
             item_names=ITEMS,
         )
 
-    def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: Tokenizer | None = None,
+    def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: dict | None = None,
              force: bool = False) -> bool:
+        """`tokenizer` is the tokenizer's JSON form (`Tokenizer.to_json()`), stored as written."""
         self.wait()  # orbax finishes the previous save before it starts one anyway; seal it first
         items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config)}
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardSave(optimizer)
         if tokenizer is not None:
-            items["tokenizer"] = ocp.args.JsonSave(tokenizer.to_json())
+            items["tokenizer"] = ocp.args.JsonSave(tokenizer)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def steps(self) -> list[int]:
@@ -81,7 +81,7 @@ class Checkpointer:
     def restore(self, abstract_params, *, abstract_optimizer=None, model_config: dict | None = None,
                 step: int | None = None) -> dict:
         """Items of the newest readable checkpoint (or `step`): params, config, tokenizer
-        (None if not saved), step, and optimizer when `abstract_optimizer` is given.
+        (its JSON form, None if not saved), step, and optimizer when `abstract_optimizer` is given.
 
         `model_config`, when given, must equal the saved model's `ModelConfig.architecture()`.
         """
@@ -118,9 +118,8 @@ class Checkpointer:
             except Exception as error:
                 self._set_aside(candidate, error, explicit=step is not None)
                 continue
-            tokenizer = Tokenizer.from_json(restored["tokenizer"]) if "tokenizer" in items else None
             return {"params": restored["params"], "optimizer": restored.get("optimizer") if abstract_optimizer
-                    is not None else None, "config": config, "tokenizer": tokenizer, "step": candidate}
+                    is not None else None, "config": config, "tokenizer": restored.get("tokenizer"), "step": candidate}
         raise CheckpointError(f"no readable checkpoint under {self.directory}")
 
     def _set_aside(self, step: int, error: Exception, *, explicit: bool):

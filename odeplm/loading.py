@@ -111,5 +111,5 @@ def load(path: str, step: int | None = None) -> Loaded:
         restored = checkpointer.restore(target, model_config=config.architecture(), step=step)
     finally:
         checkpointer.close()
-    return Loaded(nnx.merge(graphdef, restored["params"]), restored["tokenizer"], restored["config"],
-                  restored["step"])
+    tokenizer = None if restored["tokenizer"] is None else Tokenizer.from_json(restored["tokenizer"])
+    return Loaded(nnx.merge(graphdef, restored["params"]), tokenizer, restored["config"], restored["step"])

@@ -73,7 +73,8 @@ class Trainer:
                 model_config=self.model_config.architecture())
             log.warning("resumed from step %d", restored["step"])
             state = {"params": restored["params"], **restored["optimizer"]}
-            return state, restored["tokenizer"], restored["step"]
+            saved = restored["tokenizer"]
+            return state, None if saved is None else Tokenizer.from_json(saved), restored["step"]
         return self.program.init_state(), None, 0
 
     def _prepared_tokenizer(self, restored: Tokenizer | None) -> Tokenizer:
@@ -159,7 +160,8 @@ class Trainer:
                     window_start, window_steps = time.perf_counter(), 0
                 if save_now:
                     self.checkpointer.save(
-                        step, params=self.state["params"], config=self.save_config(), tokenizer=self.tokenizer,
+                        step, params=self.state["params"], config=self.save_config(),
+                        tokenizer=self.tokenizer.to_json(),
                         optimizer={k: self.state[k] for k in ("step", "opt_state")}, force=True)
                     last_good = step
                 if stop_now:

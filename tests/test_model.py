@@ -1,6 +1,9 @@
 """The model against independent computations: the layer loop, causality,
 padding, compilation reuse, finite-difference gradients and input checks."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,3 +163,15 @@ def test_classifier_pools_the_last_real_token_of_causal_models(rng):
     np.testing.assert_allclose(odeplm.forward(classifier, changed, padding).logits, out.logits, atol=1e-6)
     changed[1, 5] = (changed[1, 5] + 1) % 64  # the last real token
     assert np.abs(odeplm.forward(classifier, changed, padding).logits[1] - out.logits[1]).max() > 1e-4
+
+
+def test_import_odeplm_brings_the_model_core_only_and_load_on_first_use():
+    code = ("import sys, odeplm\n"
+            "heavy = lambda: sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'orbax', 'sentencepiece', 'tensorflow', 'tensorflow_datasets', 'grain', 'matplotlib', 'tqdm'})\n"
+            "print(heavy())\n"
+            "assert callable(odeplm.load) and issubclass(odeplm.CheckpointError, ValueError)\n"
+            "print(heavy())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "[]"
+    assert "orbax" in out[1] and "sentencepiece" in out[1]
