@@ -21,7 +21,8 @@ from absl import app, flags
 from flax import nnx
 
 import odeplm
-from odeplm.generate import _run, empty_cache, tableau
+from odeplm.generate import decode, empty_cache
+from odeplm.solvers import fixed_nfe
 from odeplm.timing import Compiled, measure, paired_ratio
 
 FLAGS = flags.FLAGS
@@ -40,7 +41,7 @@ def decode_step(model, token, positions, valid, index, solves) -> Compiled:
     """One cached decode step whose (donated) cache is threaded from call to call, as in generation."""
     cache = {"value": empty_cache(model, solves, token.shape[0], valid.shape[1])}
     start = time.perf_counter()
-    step = jax.jit(_run, static_argnums=(6,), donate_argnums=(4,)).lower(
+    step = jax.jit(decode, static_argnums=(6,), donate_argnums=(4,)).lower(
         model, token, positions, valid, cache["value"], index, solves).compile()
     compile_s = time.perf_counter() - start
 
@@ -64,7 +65,7 @@ def main(argv):
     for text in SOLVES:
         solves = odeplm.plan_solves(config.depth, text)
         compiled[text] = decode_step(model, token, positions, valid, index, solves)
-        nfe[text] = sum(s.steps * len(tableau(s.solver)[1]) for s in solves)
+        nfe[text] = fixed_nfe(config.depth, solves, cached=True)
     times = measure(compiled, FLAGS.rounds)
     reference = f"euler:{FLAGS.layers}"
     rows = []

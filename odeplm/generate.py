@@ -1,14 +1,19 @@
-"""KV-cached generation from causal models at any fixed-step (solver, steps).
+"""Text generation from causal models: one sampling loop over two sources of
+next-token logits.
 
-Each function evaluation of the shared block sees the hidden states of earlier
-tokens at that same evaluation, so the cache holds one key/value slot per
-evaluation (stage x step, per segment and inner layer). A diffrax loop cannot
-address a cache slot per evaluation, so decoding runs the same explicit
-Runge-Kutta tableaux in a hand-written loop; `tests/test_generate.py` checks it
-token for token against recomputing the sequence with the diffrax solve
-(`odeplm.sampling`). Adaptive solvers have no fixed evaluation schedule and
-are refused. Prompts of different lengths are left-padded, with positions
-counted from each prompt's first token, so a batch decodes as each prompt alone.
+- KV-cached decoding (the fast path) at any fixed-step solve. Each function
+  evaluation of the shared block sees the hidden states of earlier tokens at
+  that same evaluation, so the cache holds one key/value slot per evaluation
+  (stage x step, per segment and inner layer). A diffrax loop cannot address a
+  cache slot per evaluation, so decoding runs the same explicit Runge-Kutta
+  tableaux in a hand-written loop.
+- Recomputation (the reference): the whole sequence through the model's own
+  diffrax solve for every new token; any solve, adaptive and `ln_euler`
+  included, compiled once per (solve plan, batch size).
+
+`tests/test_generate.py` checks the two token for token. Prompts of different
+lengths are left-padded in the cache, with positions counted from each
+prompt's first token, so a batch decodes as each prompt alone.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def empty_cache(model, solves: SolvePlan, batch: int, slots: int):
     dtype = jnp.dtype(config.dtype)
     caches = []
     for solve in solves:
-        evaluations = solve.steps * len(tableau(solve.solver)[1])
+        evaluations = solve.info.nfe(solve.steps, cached=True)
         shape = (evaluations, config.inner_layers, batch, slots, config.heads, config.head_dim)
         caches.append((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)))
     return caches
@@ -99,8 +104,15 @@ def _solve_segment(block, h, mask, cache, index, span: float, solve):
     return h, (keys.reshape(cache[0].shape), values.reshape(cache[1].shape))
 
 
-def _run(model, tokens, positions, valid, caches, index, solves: SolvePlan):
-    """Logits at the last of `tokens`, written at cache slots index.. ; returns (logits, caches)."""
+def cacheable(solves: SolvePlan) -> bool:
+    """Whether cached decoding can run the plan: fixed steps of Runge-Kutta methods of the field."""
+    return not any(s.adaptive or s.solver == "ln_euler" for s in solves)
+
+
+def decode(model, tokens, positions, valid, caches, index, solves: SolvePlan):
+    """One cached decoding call: `tokens` [batch, n] enter at cache slots index..index + n - 1
+    (`valid` marks the slots each row may attend to); returns the logits after the last
+    of them and the updated caches."""
     encoder = model.encoder
     length = tokens.shape[1]
     query_slots = index + jnp.arange(length)
@@ -116,37 +128,69 @@ def _run(model, tokens, positions, valid, caches, index, solves: SolvePlan):
 
 
 # The caches are donated: each decode step updates them in place instead of copying them.
-_run_jit = jax.jit(_run, static_argnames=("solves",), donate_argnames=("caches",))
+_decode_jit = jax.jit(decode, static_argnames=("solves",), donate_argnames=("caches",))
 
 
-def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None, sampling: Sampling = Sampling(),
-             seed: int = 0, end_token: int | None = EOS) -> list[list[int]]:
-    """Continuations (token ids, without the prompt) of each prompt; a row stops at
-    `end_token` (not included) or after `max_new_tokens`."""
-    config = model.config
-    if config.objective != "causal":
-        raise ValueError("generation needs a causal model")
-    solves = plan_solves(config.depth, solve)
-    if any(s.adaptive for s in solves):
-        raise SolverError("cached generation needs a fixed evaluation schedule; use a fixed-step solve")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not prompts or min(map(len, prompts)) == 0:
-        raise ValueError("every prompt needs at least one token")
+@jax.jit(static_argnames=("solves",))
+def _last_logits(model, buffer, lengths, solves: SolvePlan):
+    """Logits after the last real token of each right-padded row, recomputing every row."""
+    mask = jnp.arange(buffer.shape[1])[None] < lengths[:, None]
+    return model(buffer, mask, solve=solves).logits[jnp.arange(buffer.shape[0]), lengths - 1]
+
+
+def _cached_logits(model, prompts: list[list[int]], slots: int, solves: SolvePlan):
+    """Yields next-token logits [batch, vocab]; is sent each step's chosen tokens."""
     width = max(map(len, prompts))
-    slots = width + max_new_tokens
-    if slots > config.max_length:
-        raise ValueError(f"prompt length {width} + {max_new_tokens} new tokens exceeds max_length {config.max_length}")
     pads = np.array([width - len(p) for p in prompts])
-    tokens = np.array([[PAD] * pad + list(p) for pad, p in zip(pads, prompts)])
-    check_inputs(config, tokens)
-    tokens = tokens.astype(np.int32)
+    tokens = np.array([[PAD] * pad + list(p) for pad, p in zip(pads, prompts)], np.int32)
     valid = np.zeros((len(prompts), slots), bool)
     valid[:, :width] = np.arange(width)[None] >= pads[:, None]
     positions = np.maximum(np.arange(width)[None] - pads[:, None], 0)
     caches = empty_cache(model, solves, len(prompts), slots)
-    logits, caches = _run_jit(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid), caches,
-                              0, solves)
+    logits, caches = _decode_jit(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid), caches,
+                                 0, solves)
+    for slot in range(width, slots):
+        chosen = yield logits
+        valid[:, slot] = True
+        logits, caches = _decode_jit(model, jnp.asarray(chosen[:, None].astype(np.int32)),
+                                     jnp.asarray((slot - pads)[:, None]), jnp.asarray(valid), caches, slot, solves)
+
+
+def _recomputed_logits(model, prompts: list[list[int]], solves: SolvePlan):
+    """As `_cached_logits`, by running the whole sequence again for every token."""
+    buffer = np.full((len(prompts), model.config.max_length), PAD, np.int32)
+    for row, prompt in enumerate(prompts):
+        buffer[row, : len(prompt)] = prompt
+    lengths = np.array([len(p) for p in prompts])
+    while True:
+        chosen = yield _last_logits(model, jnp.asarray(buffer), jnp.asarray(lengths), solves)
+        buffer[np.arange(len(prompts)), lengths] = chosen
+        lengths += 1
+
+
+def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None, sampling: Sampling = Sampling(),
+             seed: int = 0, end_token: int | None = EOS, cached: bool = True) -> list[list[int]]:
+    """Continuations (token ids, without the prompt) of each prompt; a row stops at
+    `end_token` (not included) or after `max_new_tokens`. `cached=False` recomputes
+    the sequence for every token: slower, for any solve."""
+    config = model.config
+    if config.objective != "causal":
+        raise ValueError("generation needs a causal model")
+    solves = plan_solves(config.depth, solve)
+    if cached and not cacheable(solves):
+        raise SolverError("cached generation needs a fixed evaluation schedule of a Runge-Kutta method; use a "
+                          "fixed-step solve, or cached=False")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not prompts or min(map(len, prompts)) == 0:
+        raise ValueError("every prompt needs at least one token")
+    slots = max(map(len, prompts)) + max_new_tokens
+    if slots > config.max_length:
+        raise ValueError(f"prompt length {slots - max_new_tokens} + {max_new_tokens} new tokens exceeds max_length "
+                         f"{config.max_length}")
+    check_inputs(config, np.array([[t for p in prompts for t in p]]))
+    source = _cached_logits(model, prompts, slots, solves) if cached else _recomputed_logits(model, prompts, solves)
+    logits = next(source)
     key = jax.random.key(seed)
     outputs = [[] for _ in prompts]
     done = np.zeros(len(prompts), bool)
@@ -161,9 +205,5 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None
                     outputs[row].append(int(token))
         if done.all() or step == max_new_tokens - 1:
             break
-        slot = width + step
-        valid[:, slot] = True
-        logits, caches = _run_jit(model, jnp.asarray(chosen[:, None].astype(np.int32)),
-                                  jnp.asarray((slot - pads)[:, None]), jnp.asarray(valid), caches, slot, solves)
+        logits = source.send(chosen)
     return outputs
-

@@ -29,7 +29,7 @@ from odeplm.data.pipeline import Batches, split_batches
 from odeplm.evaluate import evaluate, unigram_loss
 from odeplm.loading import load, results_directory
 from odeplm.model import LanguageModel
-from odeplm.solvers import SOLVERS, SolvePlan, SolverError, parse_plan, plan_label, plan_solves
+from odeplm.solvers import SOLVERS, SolvePlan, SolverError, fixed_nfe, parse_plan, plan_label, plan_solves
 from odeplm.timing import compile_timed, measure, paired_ratio
 
 DEFAULT_SOLVERS = ("euler", "midpoint", "heun", "bosh3", "rk4")
@@ -82,7 +82,7 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
     for solver in solvers:
         for n in sorted(set(steps)):
             solves = plan_solves(depth, f"{solver}:{n}")
-            if solves != full and (max_nfe is None or sum(s.info.nfe(s.steps) for s in solves) <= max_nfe):
+            if solves != full and (max_nfe is None or fixed_nfe(depth, solves) <= max_nfe):
                 points.append(GridPoint("solve", plan_label(solves), solves))
     for text in extra:
         solves = plan_solves(depth, parse_plan(text))

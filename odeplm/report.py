@@ -8,7 +8,7 @@ from flax import nnx
 
 from odeplm.evaluate import evaluate
 from odeplm.model import forward
-from odeplm.sampling import sample
+from odeplm.generate import Sampling, cacheable, generate
 from odeplm.solvers import fixed_nfe, parse_plan, plan_solves
 
 
@@ -44,8 +44,10 @@ def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
         plan = plan_solves(model.config.depth, solve)
         label = ",".join(map(str, plan)) + ("" if solve.adaptive else f" (NFE {fixed_nfe(model.config.depth, plan)})")
         if model.config.objective == "causal":
-            text = sample(model, tokenizer, prompt, max_new_tokens=48, solve=solve, temperature=0.7)
-            lines.append(f"--- sample at {label}\n{prompt}{text}")
+            prompt_ids = tokenizer.encode(prompt)
+            (ids,) = generate(model, [prompt_ids], max_new_tokens=min(48, model.config.max_length - len(prompt_ids)),
+                              solve=plan, sampling=Sampling(temperature=0.7), cached=cacheable(plan))
+            lines.append(f"--- sample at {label}\n{prompt}{tokenizer.decode(ids)}")
         else:
             batch = trainer.validation_batches.batch(0)
             tokens, targets, chosen = batch["tokens"][:1], batch["targets"][0], batch["weights"][0] > 0

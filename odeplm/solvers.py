@@ -75,8 +75,12 @@ class SolverInfo:
         """Has an embedded error estimate, for step-size control."""
         return self._tableau is not None and bool(np.any(np.asarray(self._tableau.b_error) != 0))
 
-    def nfe(self, num_steps):
-        """Function evaluations for `num_steps` attempted steps (rejected ones included)."""
+    def nfe(self, num_steps, *, cached: bool = False):
+        """Function evaluations for `num_steps` attempted steps (rejected ones included).
+        Cached decoding evaluates every stage afresh, each writing its own key/value
+        slot, so first-same-as-last saves nothing there."""
+        if cached:
+            return self.stages * num_steps
         return (self.stages - self.fsal) * num_steps + self.fsal
 
 
@@ -195,12 +199,14 @@ def plan_label(plan: SolvePlan) -> str:
     return str(plan[0]) if len(set(plan)) == 1 else ",".join(map(str, plan))
 
 
-def fixed_nfe(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | None = None) -> int:
-    """Function evaluations of a fixed-step solve plan over the whole depth plan."""
+def fixed_nfe(depth: DepthPlan, solve: Solve | str | Sequence[Solve | str] | None = None, *,
+              cached: bool = False) -> int:
+    """Function evaluations of a fixed-step solve plan over the whole depth plan: per
+    forward pass, or (`cached`) per token of KV-cached decoding."""
     plan = plan_solves(depth, solve)
     if any(s.adaptive for s in plan):
         raise SolverError(f"an adaptive solve has no fixed NFE: {','.join(map(str, plan))}")
-    return sum(s.info.nfe(s.steps) for s in plan)
+    return sum(s.info.nfe(s.steps, cached=cached) for s in plan)
 
 
 def parse_plan(text: str) -> list[Solve]:

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from odeplm.generate import Sampling, generate
-from odeplm.sampling import sample_ids
 from odeplm.solvers import SolverError
 from tests.conftest import tiny_model
 
@@ -17,10 +16,24 @@ def model():
 @pytest.mark.parametrize("solve", ["euler", "euler:1", "midpoint:2", "rk4:1"])
 def test_greedy_cached_generation_equals_recomputation(model, solve):
     prompt = [7, 21, 3 + 2, 40, 11]
-    expected = sample_ids(model, prompt, max_new_tokens=20, solve=solve)
+    (expected,) = generate(model, [prompt], max_new_tokens=20, solve=solve, end_token=None, cached=False)
     (cached,) = generate(model, [prompt], max_new_tokens=20, solve=solve, end_token=None)
     assert len(cached) == 20
-    assert cached[: len(expected)] == expected
+    assert cached == expected
+
+
+def test_sampled_batches_equal_recomputation_token_for_token(model):
+    prompts = [[9, 8, 7, 6, 5], [30], [12, 40, 41]]
+    sampling = Sampling(temperature=1.0, top_k=16)
+    kwargs = dict(max_new_tokens=10, solve="rk4:1", sampling=sampling, seed=3, end_token=None)
+    assert generate(model, prompts, **kwargs) == generate(model, prompts, cached=False, **kwargs)
+
+
+def test_recomputation_serves_the_solves_the_cache_cannot(model):
+    (adaptive,) = generate(model, [[5, 6, 7]], max_new_tokens=6, solve="tsit5:rtol=1e-6:atol=1e-6", end_token=None,
+                           cached=False)
+    (fine,) = generate(model, [[5, 6, 7]], max_new_tokens=6, solve="rk4:8", end_token=None)
+    assert adaptive == fine
 
 
 def test_batched_prompts_of_different_lengths_decode_as_each_alone(model):
@@ -41,7 +54,7 @@ def test_sampling_follows_the_seed_and_stops_at_the_end_token(model):
 
 
 def test_bad_generation_requests_are_refused(model):
-    with pytest.raises(SolverError, match="fixed evaluation schedule"):
+    with pytest.raises(SolverError, match="fixed evaluation schedule.*cached=False"):
         generate(model, [[5]], max_new_tokens=2, solve="tsit5:rtol=1e-3:atol=1e-3")
     with pytest.raises(ValueError, match="exceeds max_length 48"):
         generate(model, [[5] * 40], max_new_tokens=9)
@@ -55,10 +68,10 @@ def test_bad_generation_requests_are_refused(model):
 
 @pytest.mark.parametrize("solve", ["euler", "midpoint:2", "bosh3:1", "rk4:1"])
 def test_cached_logits_match_recomputation_at_every_position(model, solve):
+    import jax
     import jax.numpy as jnp
 
-    from odeplm.generate import _run_jit, empty_cache
-    from odeplm.sampling import _next_logits
+    from odeplm.generate import decode, empty_cache
     from odeplm.solvers import plan_solves
 
     solves = plan_solves(model.config.depth, solve)
@@ -67,11 +80,13 @@ def test_cached_logits_match_recomputation_at_every_position(model, solve):
     buffer[0, :16] = sequence
     valid = np.zeros((1, 48), bool)
     valid[0, :4] = True
-    logits, caches = _run_jit(model, jnp.asarray(sequence[None, :4]), jnp.arange(4)[None], jnp.asarray(valid),
-                              empty_cache(model, solves, 1, 48), 0, solves)
+    decode_jit = jax.jit(decode, static_argnames=("solves",))
+    recomputed = jax.jit(lambda model, tokens, mask: model(tokens, mask, solve=solves).logits)
+    logits, caches = decode_jit(model, jnp.asarray(sequence[None, :4]), jnp.arange(4)[None], jnp.asarray(valid),
+                                empty_cache(model, solves, 1, 48), 0, solves)
     for slot in range(4, 16):
-        expected = _next_logits(model, jnp.asarray(buffer), slot, solves)
+        expected = recomputed(model, jnp.asarray(buffer), jnp.arange(48)[None] < slot)[0, slot - 1]
         np.testing.assert_allclose(logits[0], expected, atol=1e-4, rtol=1e-4)
         valid[0, slot] = True
-        logits, caches = _run_jit(model, jnp.asarray(sequence[None, slot:slot + 1]), jnp.asarray([[slot]]),
-                                  jnp.asarray(valid), caches, slot, solves)
+        logits, caches = decode_jit(model, jnp.asarray(sequence[None, slot:slot + 1]), jnp.asarray([[slot]]),
+                                    jnp.asarray(valid), caches, slot, solves)
