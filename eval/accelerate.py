@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from odeplm.grid import accelerate, parse_steps
+from eval.grids import accelerate, parse_steps
 
 flags.DEFINE_string("checkpoint", None, "pre-training workdir, checkpoint directory or step directory")
 flags.DEFINE_integer("step", None, "checkpoint step (default: the newest)")

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
-from odeplm.finetune import finetune_checkpoint
-from odeplm.grid import parse_steps
+from eval.grids import finetune, parse_steps
 
 flags.DEFINE_string("checkpoint", None, "pre-training workdir, checkpoint directory or step directory")
 flags.DEFINE_string("task", "shakespeare_genre", "shakespeare_genre, sample, a CSV/TSV path or a TFDS name")
@@ -38,7 +37,7 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    report = finetune_checkpoint(
+    report = finetune(
         FLAGS.checkpoint, task=FLAGS.task, out=FLAGS.out, solvers=FLAGS.solvers, steps=parse_steps(FLAGS.steps),
         extra=FLAGS.extra, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
         per_class=FLAGS.per_class, seed=FLAGS.seed, data_dir=FLAGS.data_dir)

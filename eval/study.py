@@ -13,7 +13,7 @@ is made from a trained model by
     python -m train.pretrain --config configs/study.py:NAME --workdir runs/study/NAME
     python -m eval.study --evaluate NAME --workdir runs/study
 
-which runs the model's accuracy-versus-speed grid (`odeplm.grid.accelerate`:
+which runs the model's accuracy-versus-speed grid (`eval.grids.accelerate`:
 every point on the same validation batches, latencies timed interleaved) and
 keeps what the tables need, with the training cost per step from its metrics.
 """
@@ -51,7 +51,7 @@ def equal_nfe(nfe: int) -> tuple[str, ...]:
 
 def evaluate(name: str) -> dict:
     """The result file of one trained model: its grid and its training cost."""
-    from odeplm.grid import accelerate
+    from eval.grids import accelerate
 
     workdir = os.path.join(FLAGS.workdir, name)
     solvers = GRID_SOLVERS + (("ln_euler",) if name.startswith("masked_post") else ())

@@ -1,55 +1,91 @@
-"""Validation loss, accuracy, NFE and latency of one set of weights across solves.
+"""The one evaluation step every evaluator runs: a model at one solve plan,
+compiled once for the batch shape. The same executable scores the batch loop
+and is what `odeplm.timing` times, so a grid point compiles once and its
+latency is the latency of what was scored.
 
-Each solve plan compiles once; every plan sees the same validation batches.
+Validation during training, the end-of-run table, the accuracy-versus-speed
+grid and fine-tuning accuracy all score through `PointProgram`; they differ
+only in the metrics of one batch (`token_metrics`, `classification_metrics`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from odeplm.data.pipeline import Batches
 from odeplm.objectives import batch_loss
 from odeplm.solvers import SolvePlan
+from odeplm.timing import Compiled
 
 
-def _evaluate_batch(graphdef, params, batch, solves: SolvePlan):
-    total, weight, correct, out = batch_loss(nnx.merge(graphdef, params), batch, solves=solves)
-    return total, weight, correct, out.nfe, out.ok
+def token_metrics(model, batch: dict, solves: SolvePlan) -> dict:
+    """Summed token loss, weight and correct predictions on a batch of `Batches`."""
+    loss, weight, correct, out = batch_loss(model, batch, solves=solves)
+    return {"loss": loss, "weight": weight, "correct": correct, "nfe": out.nfe, "ok": out.ok}
 
 
-_evaluate_batch_jit = jax.jit(_evaluate_batch, static_argnums=(0, 3))
+def classification_metrics(model, batch: dict, solves: SolvePlan) -> dict:
+    """Correct labels over the weighted rows of {tokens, padding_mask, labels, weights}."""
+    out = model(batch["tokens"], batch["padding_mask"], solve=solves)
+    correct = (out.logits.argmax(-1) == batch["labels"]) * batch["weights"]
+    return {"weight": batch["weights"].sum(), "correct": correct.sum(), "nfe": out.nfe, "ok": out.ok}
 
 
-def evaluate(graphdef, params, batches: Batches, solves: SolvePlan, num_batches: int) -> dict:
-    """Mean token loss (nats), perplexity, accuracy, mean NFE and seconds per batch."""
-    totals = np.zeros(3)
-    nfe, ok, seconds = [], True, 0.0
-    for step in range(num_batches):
-        batch = {k: jnp.asarray(v) for k, v in batches.batch(step).items()}
-        if step == 0:  # compile outside the timing
-            jax.block_until_ready(_evaluate_batch_jit(graphdef, params, batch, solves))
+@dataclasses.dataclass(frozen=True)
+class PointProgram:
+    """`metrics` of one model at one solve plan, compiled ahead of time for one batch
+    shape; later calls may pass other parameters of the same shapes (training)."""
+
+    executable: Any
+    compile_s: float
+
+    @classmethod
+    def compile(cls, metrics: Callable, graphdef, params, solves: SolvePlan, batch: dict) -> PointProgram:
         start = time.perf_counter()
-        out = jax.block_until_ready(_evaluate_batch_jit(graphdef, params, batch, solves))
-        seconds += time.perf_counter() - start
-        totals += np.array([float(x) for x in out[:3]])
-        nfe.append(int(out[3]))
-        ok = ok and bool(out[4])
-    loss = totals[0] / max(totals[1], 1.0)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": totals[2] / max(totals[1], 1.0),
-            "nfe": float(np.mean(nfe)), "seconds_per_batch": seconds / num_batches, "ok": ok}
+        executable = jax.jit(lambda params, batch: metrics(nnx.merge(graphdef, params), batch, solves)).lower(
+            params, batch).compile()
+        return cls(executable, time.perf_counter() - start)
+
+    def score(self, params, batches: Iterable[dict]) -> dict:
+        """Accuracy, mean NFE and whether every solve succeeded over `batches`; mean token
+        loss (nats) and perplexity when the metrics sum a loss."""
+        sums, nfe, ok = {}, [], True
+        for batch in batches:
+            out = self.executable(params, batch)
+            for key in ("loss", "weight", "correct"):
+                if key in out:
+                    sums[key] = sums.get(key, 0.0) + float(out[key])
+            nfe.append(int(out["nfe"]))
+            ok = ok and bool(out["ok"])
+        weight = max(sums["weight"], 1.0)
+        result = {"accuracy": sums["correct"] / weight, "nfe": float(np.mean(nfe)), "ok": ok}
+        if "loss" in sums:
+            result["loss"] = sums["loss"] / weight
+            result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        return result
+
+    def timed(self, params, batch: dict) -> Compiled:
+        """One call on `batch`, blocking, for `odeplm.timing.measure`."""
+        return Compiled(lambda: jax.block_until_ready(self.executable(params, batch)), self.compile_s)
 
 
-def unigram_loss(batches: Batches, num_batches: int) -> float:
+def validation_batches(batches: Batches, num_batches: int) -> list[dict]:
+    """The first `num_batches` batches, read once and scored at every point."""
+    return [batches.batch(step) for step in range(num_batches)]
+
+
+def unigram_loss(batches: Iterable[dict]) -> float:
     """Cross-entropy of the scored targets under their own frequencies: the best a
     model that ignores context can reach (the plateau a stalled masked LM sits on)."""
-    targets = np.concatenate([batch["targets"][batch["weights"] > 0]
-                              for batch in map(batches.batch, range(num_batches))])
+    targets = np.concatenate([batch["targets"][batch["weights"] > 0] for batch in batches])
     frequencies = np.bincount(targets) / len(targets)
     frequencies = frequencies[frequencies > 0]
     return float(-np.sum(frequencies * np.log(frequencies)))

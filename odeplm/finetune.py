@@ -12,8 +12,6 @@ so no single position has learned to summarise the text.
 from __future__ import annotations
 
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +19,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from odeplm.checkpoint import CheckpointError
-from odeplm.data.labelled import Labelled, load_labelled
+from odeplm.data.labelled import Labelled
 from odeplm.data.tokenizer import Tokenizer
-from odeplm.special_ids import BOS, PAD
-from odeplm.grid import DEFAULT_SOLVERS, grid_points
-from odeplm.loading import load, results_directory
-from odeplm.model import LanguageModel, SequenceClassifier, forward
+from odeplm.evaluate import PointProgram, classification_metrics
+from odeplm.model import LanguageModel, SequenceClassifier
 from odeplm.optim import learning_rate_schedule, make_optimizer
 from odeplm.recipe import Discretisation
+from odeplm.solvers import plan_solves
+from odeplm.special_ids import BOS, PAD
 
 
 def classification_inputs(tokenizer: Tokenizer, texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,50 +97,16 @@ def finetune(model: LanguageModel, tokenizer: Tokenizer, data: Labelled, *, disc
 
 def accuracy(classifier: SequenceClassifier, tokens, mask, labels, *, solve=None,
              batch_size: int = 256) -> tuple[float, float]:
-    """(accuracy, mean NFE per batch) on a labelled set at `solve`."""
-    correct, nfe = 0, []
-    for i in range(0, len(tokens), batch_size):
-        out = forward(classifier, tokens[i:i + batch_size], mask[i:i + batch_size], solve=solve)
-        correct += int((np.asarray(out.logits).argmax(-1) == labels[i:i + batch_size]).sum())
-        nfe.append(int(out.nfe))
-    return correct / len(tokens), float(np.mean(nfe))
-
-
-def finetune_checkpoint(checkpoint: str, *, task: str = "shakespeare_genre", out: str | None = None, solvers=None,
-                        steps=None, extra=(), epochs: int = 2, batch_size: int = 32, learning_rate: float = 1e-3,
-                        per_class: int = 1000, seed: int = 0, data_dir: str | None = None) -> dict:
-    """Fine-tunes, evaluates every grid point and writes the outputs; returns the report."""
-    out = results_directory(checkpoint, out, "finetune")
-    loaded = load(checkpoint)
-    if loaded.tokenizer is None:
-        raise CheckpointError(f"{checkpoint} holds no tokenizer, so text cannot be read")
-    data = load_labelled(task, loaded.data_dir(data_dir), per_class=per_class, seed=seed)
-    discretisation = loaded.run.discretisation
-    classifier, losses = finetune(loaded.model, loaded.tokenizer, data, discretisation=discretisation, epochs=epochs,
-                                  batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-    tokens, mask = classification_inputs(loaded.tokenizer, data.test_texts, loaded.model.config.max_length)
-    rows = []
-    for point in grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra):
-        if point.kind == "truncated":
-            continue
-        value, nfe = accuracy(classifier, tokens, mask, data.test_labels, solve=point.solves)
-        rows.append({"label": point.label, "kind": point.kind, "solves": [str(s) for s in point.solves], "nfe": nfe,
-                     "accuracy": value})
-    majority = float(max((data.test_labels == k).mean() for k in range(len(data.label_names))))
-    name = os.path.basename(os.path.normpath(checkpoint))
-    report = {"title": f"{name}: {task} accuracy after fine-tuning", "checkpoint": os.path.abspath(checkpoint),
-              "task": task, "labels": list(data.label_names), "train_examples": len(data.train_texts),
-              "test_examples": len(data.test_texts), "majority_accuracy": majority,
-              "discretisation": {"solver": discretisation.solver, "steps": list(discretisation.steps),
-                                 "weights": list(discretisation.weights)},
-              "epochs": epochs, "first_loss": losses[0], "last_loss": float(sum(losses[-10:]) / len(losses[-10:])),
-              "points": rows}
-    lines = ["| point | NFE | accuracy |", "| --- | ---: | ---: |"]
-    lines += [f"| {r['label']} | {r['nfe']:.0f} | {r['accuracy']:.4f} |" for r in rows]
-    report["markdown"] = "\n".join(lines)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "finetune.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    with open(os.path.join(out, "finetune.md"), "w") as f:
-        f.write(report["markdown"] + "\n")
-    return report
+    """(accuracy, mean NFE per batch) on a labelled set at `solve`, through the evaluation step
+    every evaluator shares (`odeplm.evaluate.PointProgram`); the last batch is padded with rows of
+    weight 0, so every batch has one shape and the solve compiles once."""
+    rows = -(-len(tokens) // batch_size) * batch_size
+    padding = rows - len(tokens)
+    padded = {"tokens": np.pad(tokens, ((0, padding), (0, 0))), "padding_mask": np.pad(mask, ((0, padding), (0, 0))),
+              "labels": np.pad(labels, (0, padding)), "weights": np.pad(np.ones(len(tokens), np.float32), (0, padding))}
+    batches = [{k: v[i:i + batch_size] for k, v in padded.items()} for i in range(0, rows, batch_size)]
+    graphdef, params = nnx.split(classifier)
+    program = PointProgram.compile(classification_metrics, graphdef, params,
+                                   plan_solves(classifier.config.depth, solve), batches[0])
+    result = program.score(params, batches)
+    return result["accuracy"], result["nfe"]

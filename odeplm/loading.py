@@ -65,21 +65,6 @@ class Loaded(NamedTuple):
         return self.tokenizer
 
 
-def results_directory(checkpoint: str, out: str | None, name: str) -> str:
-    """Where an evaluation of `checkpoint` writes: `out`, else `<workdir>/<name>` for a pre-training workdir."""
-    if not os.path.isdir(checkpoint):
-        raise CheckpointError(f"no checkpoint directory {checkpoint}")
-    if out is not None:
-        return out
-    if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-        return os.path.join(checkpoint, name)
-    entries = os.listdir(checkpoint)
-    if os.path.basename(os.path.normpath(checkpoint)).isdigit() or any(e.isdigit() for e in entries):
-        raise ValueError(f"{checkpoint} is a checkpoint directory, not a pre-training workdir; pass --out for the "
-                         f"results")
-    raise CheckpointError(f"{checkpoint} is neither a pre-training workdir nor a checkpoint directory")
-
-
 def load(path: str, step: int | None = None) -> Loaded:
     """Restores the newest checkpoint under `path` (or `step`) as a `LanguageModel`.
 

@@ -3,11 +3,13 @@
 Each segment owns one `Block` and is integrated by `odeplm.ode.integrate` with
 the solve chosen per call, so the same parameters run at any (solver, steps).
 `forward` is the compiled entry point: one executable per
-(solver plan, input shape), reused across calls.
+(solver plan, input shape), reused across calls. `truncated` cuts a model
+after its first k layers (early exit, the baseline every grid reports).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -16,7 +18,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from odeplm.block import Block, attention_mask, layer_norm
-from odeplm.config import ModelConfig
+from odeplm.config import DepthPlan, ModelConfig, Segment
 from odeplm.embeddings import Embeddings
 from odeplm.heads import CausalLMHead, ClassifierHead, MaskedLMHead
 from odeplm.inputs import check_inputs
@@ -109,6 +111,28 @@ class SequenceClassifier(nnx.Module):
             padding_mask = jnp.ones(tokens.shape, bool)
         encoded = self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key)
         return ModelOutput(self.head(encoded.hidden, padding_mask, key), *encoded)
+
+
+def truncated_depth(depth: DepthPlan, layers: int) -> DepthPlan:
+    """The first `layers` training steps of a depth plan, each segment keeping its step size."""
+    segments, left = [], layers
+    for segment in depth:
+        if left <= 0:
+            break
+        take = min(segment.steps, left)
+        segments.append(Segment(take, take * segment.tau))
+        left -= take
+    return tuple(segments)
+
+
+def truncated(model: LanguageModel, layers: int) -> LanguageModel:
+    """The model cut after its first `layers` training steps (early exit); blocks past the cut are dropped."""
+    config = dataclasses.replace(model.config, depth=truncated_depth(model.config.depth, layers))
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+    params = nnx.to_pure_dict(nnx.state(model))
+    params["encoder"]["blocks"] = {i: params["encoder"]["blocks"][i] for i in range(len(config.depth))}
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
 
 
 @jax.jit(static_argnames=("solves",))

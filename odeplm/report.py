@@ -1,34 +1,127 @@
-"""What pre-training prints at the end: the accuracy-versus-speed table and a
-look at the model's output (a sample, or masked-token predictions)."""
+"""What evaluations write, in one place: markdown tables, the grid's plot, and
+JSON + markdown + PNG files; and what pre-training prints at the end (the grid
+over `eval.solves`, and a look at the model's output)."""
 
 from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flax import nnx
 
-from odeplm.evaluate import evaluate
-from odeplm.model import forward
+from odeplm.evaluate import validation_batches
 from odeplm.generate import Sampling, cacheable, generate
-from odeplm.solvers import fixed_nfe, parse_plan, plan_solves
+from odeplm.grid import run_grid, solve_points
+from odeplm.model import forward
+from odeplm.solvers import fixed_nfe, parse_plan, plan_label, plan_solves
 
 
-def validation_table(trainer, solves: str) -> tuple[list[dict], str]:
-    """Validation metrics for each comma-separated solve in `solves`, one applied to every segment."""
-    config = trainer.model_config
-    params = trainer.state["params"]
-    rows = []
-    for solve in parse_plan(solves):
-        plan = plan_solves(config.depth, solve)
-        metrics = evaluate(trainer.graphdef, params, trainer.validation_batches, plan, trainer.settings.eval_batches)
-        rows.append({"solve": str(plan[0]) if len(plan) == 1 else ",".join(map(str, plan)), **metrics})
+def markdown(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[str]]) -> str:
+    """A markdown table; `columns` are (title, alignment: "l", "r" or "c")."""
+    rule = {"l": "---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |",
+             "|" + "|".join(rule[align] for _, align in columns) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def grid_table(rows: list[dict], objective: str) -> str:
+    """The grid's rows: NFE, loss and its change from the first row, quality, latency, speed-up, Pareto front."""
     base = rows[0]
-    lines = [f"validation ({config.objective} LM, L = {config.layers}, {trainer.settings.eval_batches} batches)",
-             f"{'solve':<12}{'NFE':>6}{'loss':>9}{'Δ loss':>9}{'accuracy':>10}{'ms/batch':>10}{'speed-up':>10}"]
+    quality = "perplexity" if objective == "causal" else "accuracy"
+    columns = [("point", "l"), ("NFE", "r"), ("loss", "r"), ("Δ loss", "r"), (quality, "r"), ("latency (ms)", "r"),
+               ("speed-up", "r"), ("Pareto", "c")]
+    return markdown(columns, ([row["label"], f"{row['nfe']:.0f}", f"{row['loss']:.4f}",
+                               f"{row['loss'] - base['loss']:+.4f}",
+                               f"{row[quality]:.2f}" if quality == "perplexity" else f"{row[quality]:.4f}",
+                               f"{row['latency_ms']:.1f}", f"{row['speedup']:.2f}x", "★" if row["pareto"] else ""]
+                              for row in rows))
+
+
+def loss_range(losses: list[float], reference: float) -> tuple[float, float]:
+    """The plot's loss axis: from the best point to the full-depth loss plus twice
+    the median point's distance from it (at least 1 nat), so that a few diverged
+    coarse solves do not squeeze every other point into a line."""
+    median = float(np.median(losses))
+    high = reference + max(1.0, 2 * (median - reference))
+    low = min(losses)
+    return low - 0.05 * (high - low), high
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Loss against latency: baselines and each solver in its own marker, each point
+    labelled with its NFE, the Pareto front as a line; points beyond the loss axis
+    sit on its top edge as red arrows with their loss written beside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    low, high = loss_range([r["loss"] for r in rows], rows[0]["loss"])
+    groups: dict[str, list[dict]] = {}
     for row in rows:
-        lines.append(f"{row['solve']:<12}{row['nfe']:>6.0f}{row['loss']:>9.4f}{row['loss'] - base['loss']:>+9.4f}"
-                     f"{row['accuracy']:>10.3f}{row['seconds_per_batch'] * 1e3:>10.1f}"
-                     f"{base['seconds_per_batch'] / row['seconds_per_batch']:>9.2f}x")
-    return rows, "\n".join(lines)
+        key = row["kind"] if row["kind"] != "solve" else row["solves"][0].split(":")[0]
+        groups.setdefault(key, []).append(row)
+    markers = iter("o^sDvP*Xh<>")
+    for name, members in groups.items():
+        fmt, size = {"full depth": ("k*", 12), "truncated": ("kx", 7)}.get(name) or (next(markers), 6)
+        shown = [r for r in members if r["loss"] <= high]
+        axes.plot([r["latency_ms"] for r in shown], [r["loss"] for r in shown], fmt, linestyle="none",
+                  label=name, markersize=size)
+    for row in rows:
+        clipped = row["loss"] > high
+        y = high if clipped else row["loss"]
+        if clipped:
+            axes.plot(row["latency_ms"], y, "r^", markersize=7, clip_on=False)
+        axes.annotate(f"{row['nfe']:.0f}" + (f" ({row['loss']:.2f})" if clipped else ""), (row["latency_ms"], y),
+                      textcoords="offset points", xytext=(4, -9 if clipped else 3), fontsize=6,
+                      color="red" if clipped else "0.3")
+    front = sorted((r["latency_ms"], r["loss"]) for r in rows if r["pareto"])
+    axes.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", alpha=0.6,
+              label="Pareto front")
+    axes.set_ylim(low, high)
+    axes.set_xlabel("latency per batch (ms); numbers: NFE")
+    axes.set_ylabel("validation loss (nats)")
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_outputs(report: dict, out_dir: str, name: str) -> dict[str, str]:
+    """NAME.json (the report), NAME.md (its markdown) and, for a grid with latencies,
+    NAME.png under `out_dir`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    kinds = ("json", "md", "png") if "latency_ms" in report["points"][0] else ("json", "md")
+    paths = {kind: os.path.join(out_dir, f"{name}.{kind}") for kind in kinds}
+    with open(paths["json"], "w") as f:
+        json.dump(report, f, indent=2, default=_plain)
+    with open(paths["md"], "w") as f:
+        f.write(report["markdown"] + "\n")
+    if "png" in paths:
+        plot(report["points"], paths["png"], report["title"])
+    return paths
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def validation_table(trainer, solves: str, rounds: int = 10) -> tuple[list[dict], str]:
+    """The grid over each comma-separated solve in `solves` (one applied to every segment) on
+    the run's validation batches, timed interleaved; speed-ups are against the first solve."""
+    config = trainer.model_config
+    model = nnx.merge(trainer.graphdef, trainer.state["params"])
+    batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
+    rows = run_grid(model, solve_points(model, solves), batches, rounds)
+    title = (f"validation ({config.objective} LM, L = {config.layers}, {len(batches)} batches; speed-ups: medians "
+             f"of {rounds} interleaved rounds)")
+    return rows, f"{title}\n{grid_table(rows, config.objective)}"
 
 
 def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
@@ -42,7 +135,7 @@ def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
     lines = []
     for solve in dict.fromkeys((plans[0], cheapest)):
         plan = plan_solves(model.config.depth, solve)
-        label = ",".join(map(str, plan)) + ("" if solve.adaptive else f" (NFE {fixed_nfe(model.config.depth, plan)})")
+        label = plan_label(plan) + ("" if solve.adaptive else f" (NFE {fixed_nfe(model.config.depth, plan)})")
         if model.config.objective == "causal":
             prompt_ids = tokenizer.encode(prompt)
             (ids,) = generate(model, [prompt_ids], max_new_tokens=min(48, model.config.max_length - len(prompt_ids)),

@@ -24,7 +24,7 @@ from odeplm.config import ConfigError, ModelConfig
 from odeplm.data.pipeline import Batches, split_batches
 from odeplm.data.prepared import builds_locally, dataset_tokenizer, prepare
 from odeplm.data.tokenizer import Tokenizer
-from odeplm.evaluate import evaluate
+from odeplm.evaluate import PointProgram, token_metrics, validation_batches
 from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul_peak
 from odeplm.paths import run_path
 from odeplm.program import TrainProgram
@@ -65,6 +65,7 @@ class Trainer:
         self.tokenizer = self._prepared_tokenizer(restored)
         self.train_batches = self._batches("train", shuffle=True)
         self.validation_batches = self._batches("validation", shuffle=False)
+        self._validation_programs: dict = {}
 
     def _restore_or_init(self, abstract):
         if self.checkpointer.steps():
@@ -179,15 +180,19 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation loss and accuracy at the training discretisation and at each
-        of `train.eval_solves`, keyed `validation/loss@SOLVE`."""
+        of `train.eval_solves`, keyed `validation/loss@SOLVE`; each plan compiles
+        once per run."""
         depth = self.model_config.depth
         plans = [self.settings.discretisation.solves(depth, None)]
         plans += [plan_solves(depth, solve) for solve in self.settings.eval_solves]
+        batches = validation_batches(self.validation_batches, self.settings.eval_batches)
         values = {}
         for plan in dict.fromkeys(plans):
+            if plan not in self._validation_programs:
+                self._validation_programs[plan] = PointProgram.compile(token_metrics, self.graphdef,
+                                                                       self.state["params"], plan, batches[0])
+            result = self._validation_programs[plan].score(self.state["params"], batches)
             label = plan_label(plan)
-            result = evaluate(self.graphdef, self.state["params"], self.validation_batches, plan,
-                              self.settings.eval_batches)
             values[f"validation/loss@{label}"] = result["loss"]
             values[f"validation/accuracy@{label}"] = result["accuracy"]
         return values

@@ -110,7 +110,7 @@ def test_converted_checkpoint_loads_with_identical_outputs(tmp_path):
 
 def test_accelerate_runs_on_a_converted_checkpoint(tmp_path, tokenizer, corpus_dir):
     from eval.convert_albert import convert_directory
-    from odeplm.grid import accelerate
+    from eval.grids import accelerate
 
     save_hf(tmp_path / "hf", **dict(SMALL, vocab_size=tokenizer.vocab_size, embedding_size=32, num_hidden_groups=2))
     (tmp_path / "hf" / "spiece.model").write_bytes(tokenizer.proto)  # pad 0, unk 1, [CLS] 2, [SEP] 3, [MASK] 4

@@ -23,9 +23,12 @@ from odeplm.data.corpus import DataError
 from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
 from odeplm.special_ids import EOS, MASK
-from odeplm.finetune import finetune_checkpoint
+from eval import grids
+from eval.grids import accelerate, parse_steps
 from odeplm.generate import generate
-from odeplm.grid import accelerate, grid_points, loss_range, pareto_front, truncated
+from odeplm.grid import grid_points, pareto_front
+from odeplm.model import truncated
+from odeplm.report import loss_range
 from odeplm.inputs import InputError
 from odeplm.trainer import Trainer
 from tests.conftest import tiny_model
@@ -212,7 +215,6 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
     with pytest.raises(ValueError, match="not a pre-training workdir; pass --out"):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
-    from odeplm.grid import parse_steps
 
     assert parse_steps(["1", "2"]) == [1, 2] and parse_steps(None) is None
     with pytest.raises(odeplm.SolverError, match="step counts must be integers"):
@@ -248,7 +250,7 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
 # --- fine-tuning --------------------------------------------------------------------------------------------
 
 def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpus_dir, tmp_path):
-    report = finetune_checkpoint(masked, task="sample", out=str(tmp_path), solvers=["euler", "rk4"], steps=[1, 2],
+    report = grids.finetune(masked, task="sample", out=str(tmp_path), solvers=["euler", "rk4"], steps=[1, 2],
                                  epochs=15, batch_size=16, learning_rate=3e-3, data_dir=corpus_dir)
     assert report["train_examples"] == 128 and report["test_examples"] == 32
     assert report["last_loss"] < report["first_loss"] - 0.3
@@ -257,9 +259,9 @@ def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpu
     with open(tmp_path / "finetune.json") as f:
         assert json.load(f)["points"] == report["points"]
     with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
-        finetune_checkpoint(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
+        grids.finetune(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
     with pytest.raises(DataError, match="unknown task"):
-        finetune_checkpoint(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
+        grids.finetune(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
 
     from odeplm.finetune import accuracy, classification_inputs, finetune
     from odeplm.recipe import Discretisation

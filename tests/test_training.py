@@ -413,8 +413,9 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     assert {r["nfe"] for r in rows} == {2, 4}
     assert np.mean([losses[s] for s in range(36, 41)]) < np.mean([losses[s] for s in range(1, 4)]) - 0.8
     rows, table = validation_table(trainer, "euler,euler:2,rk4:1")
-    assert [r["solve"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
+    assert [r["label"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows) and "masked LM" in table
+    assert rows[0]["speedup"] == 1.0 and "interleaved" in table  # speed-ups are medians of per-round ratios
     assert "masked predictions at euler:4 (NFE 4) " in show_outputs(trainer, "euler,euler:1")
 
     with Trainer(tiny_config(corpus_dir), trained) as causal:
