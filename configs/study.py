@@ -15,11 +15,16 @@ L = 8 block applications. The names:
   depth on the labels and N = 2 and 4 on half labels, half the full-depth
   model's detached predictions (`sandwich`); variants weight the coarse terms
   more heavily (`sandwich_heavy`), add hidden-state distillation
-  (`sandwich_hidden`), or make the field time-aware (`sandwich_time`);
+  (`sandwich_hidden`), make the field time-aware (`sandwich_time`), or both
+  weight the coarse terms and make the field time-aware (`sandwich_time_heavy`),
+  or train the coarse terms with the midpoint method at 1 and 2 steps (NFE 2
+  and 4) on the time-aware field (`sandwich_time_midpoint`);
 - masked models, Post-LN (ALBERT) and Pre-LN: `masked_post_depth{8,4,2}`,
   `masked_pre_depth{8,4,2}`, `masked_post_sandwich`, and `masked_post_ln_euler`,
   trained with the step inside the LayerNorms (solver `ln_euler`) on the
   sandwich rule. Post-LN models train at 1e-3 with 200 warm-up steps.
+
+`NAME_seedK` is model NAME trained with seed K (initialisation and data order).
 """
 
 from configs import base
@@ -35,6 +40,9 @@ MODELS = {
     "sandwich_heavy": ({}, dict(_SANDWICH, distill_weights="2,1")),
     "sandwich_hidden": ({}, dict(_SANDWICH, distill_hidden_weight=1.0)),
     "sandwich_time": (dict(time_features=16), _SANDWICH),
+    "sandwich_time_heavy": (dict(time_features=16), dict(_SANDWICH, distill_weights="2,1")),
+    "sandwich_time_midpoint": (dict(time_features=16), dict(distill_steps="1,2", distill_weights="2,1",
+                                                            distill_solver="midpoint")),
     **{f"masked_{norm}_depth{n}": (dict(objective="masked", norm=norm, depth=str(n)),
                                    _POST_LN if norm == "post" else {})
        for norm in ("post", "pre") for n in (8, 4, 2)},
@@ -46,10 +54,14 @@ STEPS = 2000
 
 
 def get_config(name: str = "depth8"):
-    if name not in MODELS:
-        raise ValueError(f"unknown study model {name!r}; known: {sorted(MODELS)}")
-    model, train = MODELS[name]
+    model_name, marker, seed = name.rpartition("_seed")
+    if not (marker and seed.isdigit()):
+        model_name, seed = name, "0"
+    if model_name not in MODELS:
+        raise ValueError(f"unknown study model {model_name!r}; known: {sorted(MODELS)}, each optionally _seedK")
+    model, train = MODELS[model_name]
     config = base.get_config()
+    config.seed = int(seed)
     config.data.tokenizer = "char"
     config.model.update(vocab_size=89, width=64, heads=4, mlp_width=256, max_length=128, embedding_size=64,
                         depth="8", objective="causal", norm="pre")

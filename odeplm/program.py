@@ -126,8 +126,8 @@ class TrainProgram:
             step = functools.partial(
                 train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
                 solves=self.settings.discretisation.solves(self.model_config.depth, steps),
-                coarse=tuple(self.settings.discretisation.solves(self.model_config.depth, n)
-                             for n in self.settings.distillation.steps),
+                coarse=self.settings.distillation.coarse_solves(self.model_config.depth,
+                                                                self.settings.discretisation.solver),
                 distillation=self.settings.distillation,
                 accum=self.settings.grad_accum,
                 dropout=self.model_config.dropout > 0 or self.model_config.attention_dropout > 0,

@@ -71,13 +71,16 @@ class Distillation:
     labels and each of `steps` (per segment, smallest first) on a target that mixes
     the labels (`label_weight`) with the full-depth model's detached predictions.
     `weights` scale each coarse term against the full-depth one; `hidden_weight`
-    adds the mean squared distance to the full-depth final hidden states.
+    adds the mean squared distance to the full-depth final hidden states. The
+    coarse terms run `solver` (empty: the training solver), so a model can be
+    taught to be accurate under a higher-order method at few steps.
     """
 
     steps: tuple[int, ...] = ()  # empty: off
     weights: tuple[float, ...] = ()  # empty: 1 each
     label_weight: float = 0.5
     hidden_weight: float = 0.0
+    solver: str = ""
 
     def __post_init__(self):
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
@@ -89,13 +92,20 @@ class Distillation:
             raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
         if not 0.0 <= self.hidden_weight < float("inf"):
             raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
+        if self.solver and (self.solver not in SOLVERS):
+            raise ConfigError("train.distill_solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
 
     @classmethod
-    def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float) -> "Distillation":
+    def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
+              solver: str = "") -> "Distillation":
         """From config strings: steps `"2,4"`, weights `"1,1"`."""
         return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
-                   float(label_weight), float(hidden_weight))
+                   float(label_weight), float(hidden_weight), solver)
 
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(step count, weight) of each coarse term."""
         return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))
+
+    def coarse_solves(self, depth: DepthPlan, training_solver: str) -> tuple[SolvePlan, ...]:
+        """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment."""
+        return tuple(tuple(Solve(self.solver or training_solver, n) for _ in depth) for n in self.steps)

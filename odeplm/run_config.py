@@ -37,7 +37,8 @@ def default_config() -> ConfigDict:
         eval_every=0, eval_solves="",
         solver="euler", step_counts="", step_weights="",  # "" -> the depth plan's own steps (tau = 1)
         # the sandwich rule (odeplm.recipe.Distillation): coarse step counts trained beside full depth
-        distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0,
+        # (solver "" -> the training solver)
+        distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
     ))
     config.checkpoint = ConfigDict(dict(every=200, keep=3, async_save=True))
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -113,5 +113,6 @@ class TrainSettings:
             mesh=(mesh.data, mesh.fsdp, mesh.tensor),
             discretisation=Discretisation.parse(train.solver, str(train.step_counts), str(train.step_weights)),
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
-                                            train.distill_label_weight, train.distill_hidden_weight),
+                                            train.distill_label_weight, train.distill_hidden_weight,
+                                            str(train.distill_solver)),
         )

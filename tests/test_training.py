@@ -283,6 +283,7 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(train=dict(distill_steps="2,0")), ConfigError, "train.distill_steps"),
         (dict(train=dict(distill_steps="1,2", distill_weights="1")), ConfigError, "train.distill_weights"),
         (dict(train=dict(distill_steps="1", distill_label_weight=1.5)), ConfigError, "train.distill_label_weight"),
+        (dict(train=dict(distill_steps="1", distill_solver="rk5")), ConfigError, "train.distill_solver"),
     ],
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):
