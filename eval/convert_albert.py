@@ -37,7 +37,7 @@ def convert_directory(hf: str, out: str) -> str:
             tokenizer = Tokenizer(f.read()).to_json()
     checkpointer = Checkpointer(out, async_save=False)
     config = {"model": model.config.to_dict(), "source": {"format": "huggingface-albert", "path": os.path.abspath(hf)}}
-    checkpointer.save(0, params=nnx.to_pure_dict(nnx.state(model)), config=config, tokenizer=tokenizer, force=True)
+    checkpointer.save(0, params=nnx.to_pure_dict(nnx.state(model)), config=config, tokenizer=tokenizer)
     checkpointer.close()
     return os.path.join(os.path.abspath(out), "0")
 

@@ -44,21 +44,21 @@ class CheckpointError(ValueError):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, save_every: int = 1000, keep: int = 3, async_save: bool = True,
-                 create: bool = True):
+    """Saves when asked (the training loop owns the cadence), keeps the newest `keep` steps."""
+
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, create: bool = True):
         self.directory = run_path(directory)
         if not create and not self.directory.is_dir():
             raise CheckpointError(f"no checkpoint directory {self.directory}")
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save, create=create,
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=create,
             ),
             item_names=ITEMS,
         )
 
-    def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: dict | None = None,
-             force: bool = False) -> bool:
+    def save(self, step: int, *, params, config: dict, optimizer=None, tokenizer: dict | None = None) -> bool:
         """`tokenizer` is the tokenizer's JSON form (`Tokenizer.to_json()`), stored as written."""
         self.wait()  # orbax finishes the previous save before it starts one anyway; seal it first
         items = {"params": ocp.args.StandardSave(params), "config": ocp.args.JsonSave(config)}
@@ -66,7 +66,7 @@ class Checkpointer:
             items["optimizer"] = ocp.args.StandardSave(optimizer)
         if tokenizer is not None:
             items["tokenizer"] = ocp.args.JsonSave(tokenizer)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        return self.manager.save(step, args=ocp.args.Composite(**items))
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -59,8 +59,8 @@ class Trainer:
         self.model_config = ModelConfig.from_dict(config.model)
         self.program = TrainProgram(self.model_config, settings, make_mesh(*settings.mesh))
         self.mesh, self.graphdef = self.program.mesh, self.program.graphdef
-        self.checkpointer = Checkpointer(run_path(workdir) / "checkpoints", save_every=settings.checkpoint_every,
-                                         keep=settings.keep, async_save=settings.async_save)
+        self.checkpointer = Checkpointer(run_path(workdir) / "checkpoints", keep=settings.keep,
+                                         async_save=settings.async_save)
         self.state, restored, self.start_step = self._restore_or_init(self.program.abstract_state)
         self.tokenizer = self._prepared_tokenizer(restored)
         self.train_batches = self._batches("train", shuffle=True)
@@ -163,7 +163,7 @@ class Trainer:
                     self.checkpointer.save(
                         step, params=self.state["params"], config=self.save_config(),
                         tokenizer=self.tokenizer.to_json(),
-                        optimizer={k: self.state[k] for k in ("step", "opt_state")}, force=True)
+                        optimizer={k: self.state[k] for k in ("step", "opt_state")})
                     last_good = step
                 if stop_now:
                     log.warning("stop requested (SIGTERM or Ctrl-C): saved step %d and stopping", step)
