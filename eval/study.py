@@ -26,6 +26,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from odeplm.report import markdown
 from odeplm.solvers import SOLVERS
 
 flags.DEFINE_string("table", None, "search, recipes, solvers, masked or latency")
@@ -36,8 +37,10 @@ flags.DEFINE_string("figures", "docs/figures", "where plots are written")
 FLAGS = flags.FLAGS
 
 SPEEDS = (8, 4, 2)  # N = L, L/2, L/4
+_SPEED_COLUMNS = [(f"N = {n}", "r") for n in SPEEDS]
 CAUSAL = {n: f"depth{n}" for n in SPEEDS}
-RECIPES = ("random", "sandwich", "sandwich_heavy", "sandwich_hidden", "sandwich_time")
+RECIPES = ("random", "sandwich", "sandwich_heavy", "sandwich_hidden", "sandwich_time", "sandwich_time_heavy",
+           "sandwich_time_heavy_seed1", "sandwich_time_midpoint")
 MASKED = {"post": ("masked_post_sandwich", "masked_post_ln_euler"), "pre": ()}
 GRID_SOLVERS = ("euler", "midpoint", "heun", "rk4")
 GRID_STEPS = (1, 2, 4, 8)
@@ -107,41 +110,39 @@ def _worse_by_at_most(value, reference, percent: float, *, higher_is_better: boo
 
 
 def search_table() -> str:
-    lines = ["| models | N = 8 | N = 4 | N = 2 | 8 beats 4 by | 4 beats 2 by | depth pays |",
-             "|---|---:|---:|---:|---:|---:|:---:|"]
     groups = {"causal, Pre-LN": CAUSAL, **{f"masked, {'Post' if n == 'post' else 'Pre'}-LN":
                                            {d: f"masked_{n}_depth{d}" for d in SPEEDS} for n in ("post", "pre")}}
+    rows = []
     for label, models in groups.items():
         losses = {n: at(models[n], f"euler:{n}") for n in SPEEDS}
+        cells = [label] + [_cell(losses[n]) for n in SPEEDS]
         if any(v is None for v in losses.values()):
-            lines.append(f"| {label} | " + " | ".join(_cell(losses[n]) for n in SPEEDS) + " | – | – | not measured |")
+            rows.append(cells + ["–", "–", "not measured"])
             continue
         gain84, gain42 = (100 * (losses[b] - losses[a]) / losses[b] for a, b in ((8, 4), (4, 2)))
-        pays = gain84 >= 3 and gain42 > 0
-        lines.append(f"| {label} | " + " | ".join(_cell(losses[n]) for n in SPEEDS)
-                     + f" | {gain84:+.1f}% | {gain42:+.1f}% | {'yes' if pays else 'no'} |")
-    return "\n".join(lines)
+        rows.append(cells + [f"{gain84:+.1f}%", f"{gain42:+.1f}%", "yes" if gain84 >= 3 and gain42 > 0 else "no"])
+    return markdown([("models", "l")] + _SPEED_COLUMNS + [("8 beats 4 by", "r"), ("4 beats 2 by", "r"),
+                                                          ("depth pays", "c")], rows)
 
 
 def speed_table(models, dedicated: dict[int, str], key: str = "loss", solver: str = "euler") -> str:
     """Each model at N = L, L/2, L/4 against the dedicated model of that depth, with its training cost."""
     higher = key == "accuracy"
     references = {n: at(dedicated[n], f"euler:{n}", key) for n in SPEEDS}
-    lines = ["| model | N = 8 | N = 4 | N = 2 | within 1% at every N | training cost per step |",
-             "|---|---:|---:|---:|:---:|---:|",
-             "| dedicated models (N layers) | " + " | ".join(_cell(references[n]) for n in SPEEDS) + " | | 1.00 each |"]
+    rows = [["dedicated models (N layers)"] + [_cell(references[n]) for n in SPEEDS] + ["", "1.00 each"]]
     for name in models:
         found = result(name)
         if found is None:
-            lines.append(f"| {name} | – | – | – | not trained | |")
+            rows.append([name, "–", "–", "–", "not trained", ""])
             continue
         step_solver = "ln_euler" if name.endswith("ln_euler") else solver
         values = {n: at(name, f"{step_solver}:{n}", key) for n in SPEEDS}
         met = all(_worse_by_at_most(values[n], references[n], 1, higher_is_better=higher) for n in SPEEDS)
         cost = found["training"]["nfe_per_step"] / 8
-        lines.append(f"| {name} ({step_solver}) | " + " | ".join(_cell(values[n], references[n]) for n in SPEEDS)
-                     + f" | {'yes' if met else 'no'} | {cost:.2f} |")
-    return "\n".join(lines)
+        rows.append([f"{name} ({step_solver})"] + [_cell(values[n], references[n]) for n in SPEEDS]
+                    + ["yes" if met else "no", f"{cost:.2f}"])
+    return markdown([("model", "l")] + _SPEED_COLUMNS + [("within 1% at every N", "c"),
+                                                         ("training cost per step", "r")], rows)
 
 
 def truncation_row(name: str, dedicated: dict[int, str]) -> str:
@@ -153,31 +154,29 @@ def truncation_row(name: str, dedicated: dict[int, str]) -> str:
 
 
 def solvers_table(models) -> str:
-    lines = []
+    blocks = []
     for nfe, solves in ((n, equal_nfe(n)) for n in SPEEDS[::-1]):
-        lines += [f"NFE {nfe}:", "", "| model | " + " | ".join(solves) + " | best |",
-                  "|---" + "|---:" * len(solves) + "|---|"]
+        rows = []
         for name in models:
             losses = {s: at(name, s) for s in solves}
             measured = {s: v for s, v in losses.items() if v is not None}
             if not measured:
                 continue
             best = min(measured, key=measured.get)
-            cells = [f"**{_cell(v)}**" if s == best else _cell(v) for s, v in losses.items()]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} |")
-        lines.append("")
-    return "\n".join(lines).rstrip()
+            rows.append([name] + [f"**{_cell(v)}**" if s == best else _cell(v) for s, v in losses.items()] + [best])
+        blocks.append(f"NFE {nfe}:\n\n" + markdown([("model", "l")] + [(s, "r") for s in solves] + [("best", "l")],
+                                                     rows))
+    return "\n\n".join(blocks)
 
 
 def latency_table(name: str = "sandwich") -> str:
     found = result(name)
-    lines = [f"{name}: whole-model latency on one batch of 16 x 128 characters, all points timed interleaved",
-             "", "| solve | NFE | loss | latency (ms) | speed-up | 8 / NFE |", "|---|---:|---:|---:|---:|---:|"]
-    for row in sorted(found["points"], key=lambda r: (r["nfe"], r["label"])):
-        if row["kind"] != "truncated":
-            lines.append(f"| {row['label']} | {row['nfe']:.0f} | {row['loss']:.4f} | {row['latency_ms']:.2f} | "
-                         f"{row['speedup']:.2f}x | {8 / row['nfe']:.2f}x |")
-    return "\n".join(lines)
+    rows = [[row["label"], f"{row['nfe']:.0f}", f"{row['loss']:.4f}", f"{row['latency_ms']:.2f}",
+             f"{row['speedup']:.2f}x", f"{8 / row['nfe']:.2f}x"]
+            for row in sorted(found["points"], key=lambda r: (r["nfe"], r["label"])) if row["kind"] != "truncated"]
+    return (f"{name}: whole-model latency on one batch of 16 x 128 characters, all points timed interleaved\n\n"
+            + markdown([("solve", "l"), ("NFE", "r"), ("loss", "r"), ("latency (ms)", "r"), ("speed-up", "r"),
+                        ("8 / NFE", "r")], rows))
 
 
 def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> None:
