@@ -9,9 +9,6 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flax import nnx
-
-from odeplm.evaluate import validation_batches
 from odeplm.generate import Sampling, cacheable, generate
 from odeplm.grid import run_grid, solve_points
 from odeplm.model import forward
@@ -112,23 +109,19 @@ def _plain(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def validation_table(trainer, solves: str, rounds: int = 10) -> tuple[list[dict], str]:
+def validation_table(model, batches: list[dict], solves: str, rounds: int = 10) -> tuple[list[dict], str]:
     """The grid over each comma-separated solve in `solves` (one applied to every segment) on
-    the run's validation batches, timed interleaved; speed-ups are against the first solve."""
-    config = trainer.model_config
-    model = nnx.merge(trainer.graphdef, trainer.state["params"])
-    batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
+    `batches`, timed interleaved; speed-ups are against the first solve."""
+    config = model.config
     rows = run_grid(model, solve_points(model, solves), batches, rounds)
     title = (f"validation ({config.objective} LM, L = {config.layers}, {len(batches)} batches; speed-ups: medians "
              f"of {rounds} interleaved rounds)")
     return rows, f"{title}\n{grid_table(rows, config.objective)}"
 
 
-def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
-    """Continuations of `prompt` sampled at temperature 0.7 (causal) or predictions for masked tokens of a
-    validation passage (masked), at the full depth and the cheapest listed solve."""
-    model = nnx.merge(trainer.graphdef, trainer.state["params"])
-    tokenizer = trainer.tokenizer
+def show_outputs(model, tokenizer, batch: dict, solves: str, prompt: str = "ROMEO.\n") -> str:
+    """Continuations of `prompt` sampled at temperature 0.7 (causal) or predictions for the masked tokens
+    of the first row of `batch` (masked), at the full depth and the cheapest listed solve."""
     plans = parse_plan(solves)
     fixed = [s for s in plans if not s.adaptive]
     cheapest = min(fixed, key=lambda s: fixed_nfe(model.config.depth, s)) if fixed else plans[0]
@@ -142,7 +135,6 @@ def show_outputs(trainer, solves: str, prompt: str = "ROMEO.\n") -> str:
                               solve=plan, sampling=Sampling(temperature=0.7), cached=cacheable(plan))
             lines.append(f"--- sample at {label}\n{prompt}{tokenizer.decode(ids)}")
         else:
-            batch = trainer.validation_batches.batch(0)
             tokens, targets, chosen = batch["tokens"][:1], batch["targets"][0], batch["weights"][0] > 0
             predicted = np.asarray(forward(model, tokens, batch["padding_mask"][:1], solve=solve).logits[0].argmax(-1))
             shown = [tokenizer.decode([t]) if not c else f"[{tokenizer.decode([p])}|{tokenizer.decode([t])}]"

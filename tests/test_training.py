@@ -19,6 +19,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import odeplm
 from configs import tiny
@@ -336,7 +337,6 @@ def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
 
 
 def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpus_dir):
-    from flax import nnx
 
     import odeplm
 
@@ -394,6 +394,7 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
 
 
 def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
+    from odeplm.evaluate import validation_batches
     from odeplm.report import show_outputs, validation_table
 
     config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
@@ -413,13 +414,17 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     np.testing.assert_allclose(peaks, peaks[0], rtol=1e-9)
     assert {r["nfe"] for r in rows} == {2, 4}
     assert np.mean([losses[s] for s in range(36, 41)]) < np.mean([losses[s] for s in range(1, 4)]) - 0.8
-    rows, table = validation_table(trainer, "euler,euler:2,rk4:1")
+    model = nnx.merge(trainer.graphdef, trainer.state["params"])
+    batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
+    rows, table = validation_table(model, batches, "euler,euler:2,rk4:1")
     assert [r["label"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows) and "masked LM" in table
     assert rows[0]["speedup"] == 1.0 and "interleaved" in table  # speed-ups are medians of per-round ratios
-    assert "masked predictions at euler:4 (NFE 4) " in show_outputs(trainer, "euler,euler:1")
+    assert "masked predictions at euler:4 (NFE 4) " in show_outputs(model, trainer.tokenizer, batches[0],
+                                                                    "euler,euler:1")
 
     with Trainer(tiny_config(corpus_dir), trained) as causal:
         pass
-    shown = show_outputs(causal, "euler,euler:1", prompt="ROMEO.\n")
+    shown = show_outputs(nnx.merge(causal.graphdef, causal.state["params"]), causal.tokenizer,
+                         causal.validation_batches.batch(0), "euler,euler:1", prompt="ROMEO.\n")
     assert "--- sample at euler:4 (NFE 4)\nROMEO." in shown and "--- sample at euler:1 (NFE 1)\nROMEO." in shown

@@ -32,6 +32,9 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every save and read at INFO
     if FLAGS.coordinator_address or FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    from flax import nnx
+
+    from odeplm.evaluate import validation_batches
     from odeplm.paths import run_path
     from odeplm.report import show_outputs, validation_table
     from odeplm.trainer import Trainer
@@ -47,10 +50,12 @@ def main(argv):
             _exit_for(error)
         if summary["preempted"]:
             return
-        rows, table = validation_table(trainer, FLAGS.config.eval.solves)
+        model = nnx.merge(trainer.graphdef, trainer.state["params"])
+        batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
+        rows, table = validation_table(model, batches, FLAGS.config.eval.solves)
         if jax.process_index() == 0:
             print(table)
-            print(show_outputs(trainer, FLAGS.config.eval.solves))
+            print(show_outputs(model, trainer.tokenizer, batches[0], FLAGS.config.eval.solves))
             (run_path(FLAGS.workdir) / "validation.json").write_text(json.dumps(rows, indent=2))
 
 
