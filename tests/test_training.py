@@ -337,7 +337,6 @@ def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
 
 
 def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpus_dir):
-
     import odeplm
 
     with Trainer(tiny_config(corpus_dir), trained) as trainer:
