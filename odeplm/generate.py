@@ -184,11 +184,11 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not prompts or min(map(len, prompts)) == 0:
         raise ValueError("every prompt needs at least one token")
-    slots = max(map(len, prompts)) + max_new_tokens
+    width = max(map(len, prompts))
+    slots = width + max_new_tokens
     if slots > config.max_length:
-        raise ValueError(f"prompt length {slots - max_new_tokens} + {max_new_tokens} new tokens exceeds max_length "
-                         f"{config.max_length}")
-    check_inputs(config, np.array([[t for p in prompts for t in p]]))
+        raise ValueError(f"prompt length {width} + {max_new_tokens} new tokens exceeds max_length {config.max_length}")
+    check_inputs(config, np.array([list(p) + [PAD] * (width - len(p)) for p in prompts]))
     source = _cached_logits(model, prompts, slots, solves) if cached else _recomputed_logits(model, prompts, solves)
     logits = next(source)
     key = jax.random.key(seed)

@@ -58,6 +58,7 @@ def test_bad_generation_requests_are_refused(model):
         generate(model, [[5]], max_new_tokens=2, solve="tsit5:rtol=1e-3:atol=1e-3")
     with pytest.raises(ValueError, match="exceeds max_length 48"):
         generate(model, [[5] * 40], max_new_tokens=9)
+    assert len(generate(model, [[5] * 40, [6] * 30], max_new_tokens=8, end_token=None)[1]) == 8  # rows, not their sum
     with pytest.raises(ValueError, match=r"ids must lie in \[0, 64\)"):
         generate(model, [[64]], max_new_tokens=2)
     with pytest.raises(ValueError, match="at least one token"):
