@@ -98,12 +98,15 @@ def finetune(model: LanguageModel, tokenizer: Tokenizer, data: Labelled, *, disc
 def accuracy(classifier: SequenceClassifier, tokens, mask, labels, *, solve=None,
              batch_size: int = 256) -> tuple[float, float]:
     """(accuracy, mean NFE per batch) on a labelled set at `solve`, through the evaluation step
-    every evaluator shares (`odeplm.evaluate.PointProgram`); the last batch is padded with rows of
-    weight 0, so every batch has one shape and the solve compiles once."""
+    every evaluator shares (`odeplm.evaluate.PointProgram`); the last batch is filled up with copies
+    of the last example at weight 0 (real text, so an adaptive solve sees nothing new), so every batch
+    has one shape and the solve compiles once."""
     rows = -(-len(tokens) // batch_size) * batch_size
     padding = rows - len(tokens)
-    padded = {"tokens": np.pad(tokens, ((0, padding), (0, 0))), "padding_mask": np.pad(mask, ((0, padding), (0, 0))),
-              "labels": np.pad(labels, (0, padding)), "weights": np.pad(np.ones(len(tokens), np.float32), (0, padding))}
+    padded = {"tokens": np.pad(tokens, ((0, padding), (0, 0)), mode="edge"),
+              "padding_mask": np.pad(mask, ((0, padding), (0, 0)), mode="edge"),
+              "labels": np.pad(labels, (0, padding), mode="edge"),
+              "weights": np.pad(np.ones(len(tokens), np.float32), (0, padding))}
     batches = [{k: v[i:i + batch_size] for k, v in padded.items()} for i in range(0, rows, batch_size)]
     graphdef, params = nnx.split(classifier)
     program = PointProgram.compile(classification_metrics, graphdef, params,
