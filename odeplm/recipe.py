@@ -92,7 +92,7 @@ class Distillation:
             raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
         if not 0.0 <= self.hidden_weight < float("inf"):
             raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
-        if self.solver and (self.solver not in SOLVERS):
+        if self.solver and self.solver not in SOLVERS:
             raise ConfigError("train.distill_solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
 
     @classmethod
