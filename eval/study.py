@@ -26,6 +26,7 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
+from configs import study as study_configs
 from odeplm.report import markdown
 from odeplm.solvers import SOLVERS
 
@@ -99,7 +100,7 @@ def _cell(value: float | None, reference: float | None = None) -> str:
         return "–"
     if reference is None:
         return f"{value:.4f}"
-    return f"{value:.4f} ({100 * (value - reference) / reference:+.1f}%)"
+    return f"{value:.4f} ({100 * (value - reference) / reference:+.2f}%)"
 
 
 def _worse_by_at_most(value, reference, percent: float, *, higher_is_better: bool) -> bool:
@@ -125,8 +126,17 @@ def search_table() -> str:
                                                           ("depth pays", "c")], rows)
 
 
-def speed_table(models, dedicated: dict[int, str], key: str = "loss", solver: str = "euler") -> str:
-    """Each model at N = L, L/2, L/4 against the dedicated model of that depth, with its training cost."""
+def served_at(name: str, nfe: int) -> str:
+    """The solve a model is served with at `nfe` evaluations: its training solver at full depth, and
+    below it the solver its coarse terms were trained with (its training solver unless configured)."""
+    train = study_configs.get_config(name).train
+    solver = train.solver if nfe == SPEEDS[0] else train.distill_solver or train.solver
+    return f"{solver}:{nfe // SOLVERS[solver].nfe(1)}"
+
+
+def speed_table(models, dedicated: dict[int, str], key: str = "loss") -> str:
+    """Each model at N = L, L/2, L/4 evaluations (each at the solve it is served with) against the
+    dedicated model of that depth, with its training cost."""
     higher = key == "accuracy"
     references = {n: at(dedicated[n], f"euler:{n}", key) for n in SPEEDS}
     rows = [["dedicated models (N layers)"] + [_cell(references[n]) for n in SPEEDS] + ["", "1.00 each"]]
@@ -135,11 +145,12 @@ def speed_table(models, dedicated: dict[int, str], key: str = "loss", solver: st
         if found is None:
             rows.append([name, "–", "–", "–", "not trained", ""])
             continue
-        step_solver = "ln_euler" if name.endswith("ln_euler") else solver
-        values = {n: at(name, f"{step_solver}:{n}", key) for n in SPEEDS}
+        solves = {n: served_at(name, n) for n in SPEEDS}
+        values = {n: at(name, solves[n], key) for n in SPEEDS}
         met = all(_worse_by_at_most(values[n], references[n], 1, higher_is_better=higher) for n in SPEEDS)
         cost = found["training"]["nfe_per_step"] / 8
-        rows.append([f"{name} ({step_solver})"] + [_cell(values[n], references[n]) for n in SPEEDS]
+        solvers = ", ".join(dict.fromkeys(solve.split(":")[0] for solve in solves.values()))
+        rows.append([f"{name} ({solvers})"] + [_cell(values[n], references[n]) for n in SPEEDS]
                     + ["yes" if met else "no", f"{cost:.2f}"])
     return markdown([("model", "l")] + _SPEED_COLUMNS + [("within 1% at every N", "c"),
                                                          ("training cost per step", "r")], rows)
@@ -180,25 +191,23 @@ def latency_table(name: str = "sandwich") -> str:
 
 
 def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> None:
-    """Loss against NFE: each model's Euler curve and higher-order points; dedicated models as stars."""
+    """Loss against NFE: each model at the solves it is served with (`served_at`); dedicated models as stars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for index, name in enumerate(m for m in models if result(m)):
-        rows = [r for r in result(name)["points"] if r["kind"] != "truncated"]
-        for solver, style in (("euler", "-o"), ("midpoint", "^"), ("rk4", "D")):
-            points = sorted((r["nfe"], r["loss"]) for r in rows if r["solves"][0].split(":")[0] == solver)
-            if points:
-                axes.plot(*zip(*points), style, color=f"C{index}", markersize=5,
-                          label=f"{name}: {solver}" if solver == "euler" or index == 0 else None)
+    for name in (m for m in models if result(m)):
+        points = [(n, at(name, served_at(name, n))) for n in SPEEDS]
+        solvers = ", ".join(dict.fromkeys(served_at(name, n).split(":")[0] for n in SPEEDS))
+        axes.plot(*zip(*points), "-o", markersize=5, label=f"{name} ({solvers})")
     references = sorted((n, at(name, f"euler:{n}")) for n, name in dedicated.items() if result(name))
     axes.plot(*zip(*references), "k*", markersize=13, label="dedicated model of N layers")
     low = min(v for _, v in references)
-    axes.set_ylim(low - 0.05, low + 0.6)  # the interesting range; points above it are off the chart
+    axes.set_ylim(low - 0.02, low + 0.32)  # the interesting range; points above it are off the chart
     axes.set_xscale("log", base=2)
+    axes.set_xticks(SPEEDS, [str(n) for n in SPEEDS])
     axes.set_xlabel("function evaluations (NFE)")
     axes.set_ylabel("validation loss (nats per character)")
     axes.set_title(title)
