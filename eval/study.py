@@ -2,6 +2,7 @@
 
     python -m eval.study --table search     # the regime: dedicated depths 8, 4, 2, causal and masked
     python -m eval.study --table recipes    # one model at N = L, L/2, L/4 against the dedicated models
+    python -m eval.study --table seeds      # the same over seeds: each seed and the means
     python -m eval.study --table solvers    # higher-order solvers against Euler at equal NFE
     python -m eval.study --table masked     # masked models, Post-LN (with ln_euler) and Pre-LN
     python -m eval.study --table latency    # whole-model speed-ups, timed interleaved
@@ -30,7 +31,7 @@ from configs import study as study_configs
 from odeplm.report import markdown
 from odeplm.solvers import SOLVERS
 
-flags.DEFINE_string("table", None, "search, recipes, solvers, masked or latency")
+flags.DEFINE_string("table", None, "search, recipes, seeds, solvers, masked or latency")
 flags.DEFINE_list("evaluate", [], "models of configs/study.py whose result files to (re)make from --workdir")
 flags.DEFINE_string("workdir", "runs/study", "one pre-training workdir per model under here")
 flags.DEFINE_string("results", "docs/study", "result files, one per model")
@@ -156,6 +157,38 @@ def speed_table(models, dedicated: dict[int, str], key: str = "loss") -> str:
                                                          ("training cost per step", "r")], rows)
 
 
+def replicates(name: str) -> list[str]:
+    """The model and its seed replicates (`NAME_seedK`) that have result files."""
+    found = [name] if result(name) else []
+    seed = 1
+    while result(f"{name}_seed{seed}"):
+        found.append(f"{name}_seed{seed}")
+        seed += 1
+    return found
+
+
+def _seeds(count: int) -> str:
+    return f"{count} seed" + ("s" if count != 1 else "")
+
+
+def seeds_table(models) -> str:
+    """Each model's seeds and their mean, against the mean over the dedicated models' seeds."""
+    dedicated = {n: [at(m, f"euler:{n}") for m in replicates(CAUSAL[n])] for n in SPEEDS}
+    references = {n: float(np.mean(v)) if v else None for n, v in dedicated.items()}
+    rows = [[f"dedicated models, mean over {_seeds(min(map(len, dedicated.values())))}"]
+            + [_cell(references[n]) for n in SPEEDS] + [""]]
+    for name in models:
+        seeds = replicates(name)
+        values = {n: [at(m, served_at(m, n)) for m in seeds] for n in SPEEDS}
+        for index, seed_name in enumerate(seeds):
+            rows.append([seed_name] + [_cell(values[n][index], references[n]) for n in SPEEDS] + [""])
+        means = {n: float(np.mean(values[n])) for n in SPEEDS}
+        met = all(_worse_by_at_most(means[n], references[n], 1, higher_is_better=False) for n in SPEEDS)
+        rows.append([f"{name}, mean over {_seeds(len(seeds))}"] + [_cell(means[n], references[n]) for n in SPEEDS]
+                    + ["yes" if met else "no"])
+    return markdown([("model", "l")] + _SPEED_COLUMNS + [("mean within 1% at every N", "c")], rows)
+
+
 def truncation_row(name: str, dedicated: dict[int, str]) -> str:
     found = result(name) or {"points": []}
     cut = {r["layers"]: r["loss"] for r in found["points"] if r["kind"] == "truncated"}
@@ -235,6 +268,8 @@ def main(argv):
         print(truncation_row("depth8", CAUSAL))
         plot_speeds(("depth8",) + RECIPES, CAUSAL, os.path.join(FLAGS.figures, "recipes.png"),
                     "causal character LM, fully shared, L = 8")
+    elif FLAGS.table == "seeds":
+        print(seeds_table(("sandwich_time_heavy",)))
     elif FLAGS.table == "solvers":
         print(solvers_table(("depth8",) + RECIPES + ("masked_post_depth8",) + MASKED["post"]))
     elif FLAGS.table == "masked":
