@@ -9,6 +9,7 @@ derives from (seed, step), so a resumed run replays the uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -178,6 +179,12 @@ class Trainer:
                 lock.release()
         return {"step": step, "preempted": step < settings.steps}
 
+    @functools.cached_property
+    def validation_set(self) -> list[dict]:
+        """The first `train.eval_batches` validation batches, read once: what validation scores during
+        training and the table after it."""
+        return validation_batches(self.validation_batches, self.settings.eval_batches)
+
     def validate(self) -> dict[str, float]:
         """Validation loss and accuracy at the training discretisation and at each
         of `train.eval_solves`, keyed `validation/loss@SOLVE`; each plan compiles
@@ -185,7 +192,7 @@ class Trainer:
         depth = self.model_config.depth
         plans = [self.settings.discretisation.solves(depth, None)]
         plans += [plan_solves(depth, solve) for solve in self.settings.eval_solves]
-        batches = validation_batches(self.validation_batches, self.settings.eval_batches)
+        batches = self.validation_set
         values = {}
         for plan in dict.fromkeys(plans):
             if plan not in self._validation_programs:

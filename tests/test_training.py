@@ -393,7 +393,6 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
 
 
 def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
-    from odeplm.evaluate import validation_batches
     from odeplm.report import show_outputs, validation_table
 
     config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
@@ -414,7 +413,7 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     assert {r["nfe"] for r in rows} == {2, 4}
     assert np.mean([losses[s] for s in range(36, 41)]) < np.mean([losses[s] for s in range(1, 4)]) - 0.8
     model = nnx.merge(trainer.graphdef, trainer.state["params"])
-    batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
+    batches = trainer.validation_set
     rows, table = validation_table(model, batches, "euler,euler:2,rk4:1")
     assert [r["label"] for r in rows] == ["euler:4", "euler:2", "rk4:1"] and [r["nfe"] for r in rows] == [4, 2, 4]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in rows) and "masked LM" in table

@@ -34,7 +34,6 @@ def main(argv):
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from flax import nnx
 
-    from odeplm.evaluate import validation_batches
     from odeplm.paths import run_path
     from odeplm.report import show_outputs, validation_table
     from odeplm.trainer import Trainer
@@ -51,11 +50,10 @@ def main(argv):
         if summary["preempted"]:
             return
         model = nnx.merge(trainer.graphdef, trainer.state["params"])
-        batches = validation_batches(trainer.validation_batches, trainer.settings.eval_batches)
-        rows, table = validation_table(model, batches, FLAGS.config.eval.solves)
+        rows, table = validation_table(model, trainer.validation_set, FLAGS.config.eval.solves)
         if jax.process_index() == 0:
             print(table)
-            print(show_outputs(model, trainer.tokenizer, batches[0], FLAGS.config.eval.solves))
+            print(show_outputs(model, trainer.tokenizer, trainer.validation_set[0], FLAGS.config.eval.solves))
             (run_path(FLAGS.workdir) / "validation.json").write_text(json.dumps(rows, indent=2))
 
 
