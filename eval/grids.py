@@ -63,9 +63,9 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     run = loaded.run
     dataset = dataset or run.dataset
     config = loaded.model.config
-    validation = validation_batches(
-        split_batches(dataset, "validation", loaded.data_dir(data_dir), loaded.tokenizer, length=config.max_length,
-                      batch_size=batch_size, objective=config.objective, seed=run.seed, shuffle=False), batches)
+    split = split_batches(dataset, "validation", loaded.data_dir(data_dir), loaded.tokenizer, length=config.max_length,
+                          batch_size=batch_size, objective=config.objective, seed=run.seed, shuffle=False)
+    validation = validation_batches(split, batches)
     points = grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra, max_nfe)
     rows = run_grid(loaded.model, points, validation, rounds)
     name = os.path.basename(os.path.normpath(checkpoint))
@@ -73,8 +73,8 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
         "title": f"{name} (step {loaded.step}): {config.objective} LM, depth {config.to_dict()['depth']}",
         "checkpoint": os.path.abspath(checkpoint), "step": loaded.step, "objective": config.objective,
         "model": config.to_dict(), "dataset": dataset, "batches": batches, "batch_size": batch_size,
-        "rounds": rounds, "unigram_loss": unigram_loss(validation), "points": rows,
-        "markdown": grid_table(rows, config.objective),
+        "rounds": rounds, "unigram_loss": unigram_loss(validation), "group_name": split.group_name, "points": rows,
+        "markdown": grid_table(rows, config.objective, split.group_name),
     }
     report["outputs"] = write_outputs(report, out, "grid")
     return report

@@ -21,14 +21,14 @@ import numpy as np
 from flax import nnx
 
 from odeplm.data.pipeline import Batches
-from odeplm.objectives import batch_loss
+from odeplm.objectives import batch_rows
 from odeplm.solvers import SolvePlan
 from odeplm.timing import Compiled
 
 
 def token_metrics(model, batch: dict, solves: SolvePlan) -> dict:
-    """Summed token loss, weight and correct predictions on a batch of `Batches`."""
-    loss, weight, correct, out = batch_loss(model, batch, solves=solves)
+    """Token loss, weight and correct predictions per row of a batch of `Batches`."""
+    loss, weight, correct, out = batch_rows(model, batch, solves=solves)
     return {"loss": loss, "weight": weight, "correct": correct, "nfe": out.nfe, "ok": out.ok}
 
 
@@ -56,25 +56,41 @@ class PointProgram:
 
     def score(self, params, batches: Iterable[dict]) -> dict:
         """Accuracy, mean NFE and whether every solve succeeded over `batches`; mean token
-        loss (nats) and perplexity when the metrics sum a loss."""
-        sums, nfe, ok = {}, [], True
+        loss (nats) and perplexity when the metrics sum a loss. Batches whose rows carry a
+        group (a task's difficulty) are also scored per group, under "groups"."""
+        sums, groups, nfe, ok = {}, {}, [], True
         for batch in batches:
             out = self.executable(params, batch)
-            for key in ("loss", "weight", "correct"):
-                if key in out:
-                    sums[key] = sums.get(key, 0.0) + float(out[key])
+            rows = {key: np.asarray(out[key], np.float64) for key in ("loss", "weight", "correct") if key in out}
+            _add(sums, {key: value.sum() for key, value in rows.items()})
+            for group in np.unique(batch["group"]) if "group" in batch else ():
+                chosen = batch["group"] == group
+                _add(groups.setdefault(str(group), {}), {key: value[chosen].sum() for key, value in rows.items()})
             nfe.append(int(out["nfe"]))
             ok = ok and bool(out["ok"])
-        weight = max(sums["weight"], 1.0)
-        result = {"accuracy": sums["correct"] / weight, "nfe": float(np.mean(nfe)), "ok": ok}
-        if "loss" in sums:
-            result["loss"] = sums["loss"] / weight
-            result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        result = {**_means(sums), "nfe": float(np.mean(nfe)), "ok": ok}
+        if groups:
+            result["groups"] = {group: _means(groups[group]) for group in sorted(groups, key=int)}
         return result
 
     def timed(self, params, batch: dict) -> Compiled:
         """One call on `batch`, blocking, for `odeplm.timing.measure`."""
         return Compiled(lambda: jax.block_until_ready(self.executable(params, batch)), self.compile_s)
+
+
+def _add(totals: dict, values: dict):
+    for key, value in values.items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+
+
+def _means(sums: dict) -> dict:
+    """Accuracy (and mean loss and perplexity, where summed) per unit of weight."""
+    weight = max(sums["weight"], 1.0)
+    means = {"accuracy": sums["correct"] / weight, "weight": sums["weight"]}
+    if "loss" in sums:
+        means["loss"] = sums["loss"] / weight
+        means["perplexity"] = math.exp(min(means["loss"], 50.0))
+    return means
 
 
 def validation_batches(batches: Batches, num_batches: int) -> list[dict]:

@@ -18,7 +18,7 @@ from flax import nnx
 from odeplm import inference
 from odeplm.checkpoint import Checkpointer, CheckpointError
 from odeplm.config import ModelConfig
-from odeplm.data.tokenizer import Tokenizer
+from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 from odeplm.model import LanguageModel
 from odeplm.paths import run_path
 
@@ -31,7 +31,7 @@ class Loaded(NamedTuple):
     (None: the training discretisation, `"rk4:2"`, or one solve per segment)."""
 
     model: LanguageModel
-    tokenizer: Tokenizer | None  # None where the checkpoint holds none (e.g. converted without spiece.model)
+    tokenizer: Tokenizer | Symbols | None  # None where the checkpoint holds none (e.g. converted without spiece.model)
     config: dict  # everything saved with the checkpoint; config["model"] is the ModelConfig
     step: int
 
@@ -59,7 +59,7 @@ class Loaded(NamedTuple):
         """The TFDS data directory: `override`, else the one the checkpoint's run used."""
         return os.path.expanduser(override) if override else self.run.data_dir
 
-    def _tokenizer(self) -> Tokenizer:
+    def _tokenizer(self) -> Tokenizer | Symbols:
         if self.tokenizer is None:
             raise CheckpointError("this checkpoint holds no tokenizer; pass token ids to odeplm.forward instead")
         return self.tokenizer
@@ -96,5 +96,5 @@ def load(path: str, step: int | None = None) -> Loaded:
         restored = checkpointer.restore(target, model_config=config.architecture(), step=step)
     finally:
         checkpointer.close()
-    tokenizer = None if restored["tokenizer"] is None else Tokenizer.from_json(restored["tokenizer"])
+    tokenizer = None if restored["tokenizer"] is None else tokenizer_from_json(restored["tokenizer"])
     return Loaded(nnx.merge(graphdef, restored["params"]), tokenizer, restored["config"], restored["step"])

@@ -23,12 +23,13 @@ from tqdm import tqdm
 from odeplm.checkpoint import Checkpointer
 from odeplm.config import ConfigError, ModelConfig
 from odeplm.data.pipeline import Batches, split_batches
-from odeplm.data.prepared import builds_locally, dataset_tokenizer, prepare
-from odeplm.data.tokenizer import Tokenizer
+from odeplm.data.prepared import dataset_tokenizer, prepare
+from odeplm.data.sources import builds_locally
+from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 from odeplm.evaluate import PointProgram, token_metrics, validation_batches
 from odeplm.metrics import MetricWriter, forward_flops_per_token, measure_matmul_peak
 from odeplm.paths import run_path
-from odeplm.program import TrainProgram
+from odeplm.program import BATCH_FIELDS, TrainProgram
 from odeplm.settings import TrainSettings
 from odeplm.sharding import global_batch, make_mesh
 from odeplm.solvers import plan_label, plan_solves
@@ -76,10 +77,10 @@ class Trainer:
             log.warning("resumed from step %d", restored["step"])
             state = {"params": restored["params"], **restored["optimizer"]}
             saved = restored["tokenizer"]
-            return state, None if saved is None else Tokenizer.from_json(saved), restored["step"]
+            return state, None if saved is None else tokenizer_from_json(saved), restored["step"]
         return self.program.init_state(), None, 0
 
-    def _prepared_tokenizer(self, restored: Tokenizer | None) -> Tokenizer:
+    def _prepared_tokenizer(self, restored: Tokenizer | Symbols | None) -> Tokenizer | Symbols:
         """The run's tokenizer, with both splits tokenized by it. Our own local
         datasets are prepared here, by process 0 while the others wait; any
         other dataset must have been prepared once with `train.prepare`."""
@@ -140,7 +141,7 @@ class Trainer:
         try:
             while step < settings.steps:
                 drawn = settings.discretisation.draw(settings.seed, step)
-                local = next(reader)
+                local = {field: value for field, value in next(reader).items() if field in BATCH_FIELDS}
                 key = jax.random.fold_in(jax.random.key(settings.seed), step)
                 self.state, metrics = self.program.step_function(drawn)(self.state, global_batch(local, self.mesh), key)
                 pending.append((step, drawn, metrics))
@@ -187,8 +188,8 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation loss and accuracy at the training discretisation and at each
-        of `train.eval_solves`, keyed `validation/loss@SOLVE`; each plan compiles
-        once per run."""
+        of `train.eval_solves`, keyed `validation/loss@SOLVE` (and accuracy per group
+        of a task's examples); each plan compiles once per run."""
         depth = self.model_config.depth
         plans = [self.settings.discretisation.solves(depth, None)]
         plans += [plan_solves(depth, solve) for solve in self.settings.eval_solves]
@@ -202,6 +203,8 @@ class Trainer:
             label = plan_label(plan)
             values[f"validation/loss@{label}"] = result["loss"]
             values[f"validation/accuracy@{label}"] = result["accuracy"]
+            for group, scores in result.get("groups", {}).items():  # a task's difficulties, e.g. hops=3
+                values[f"validation/accuracy@{label}/{self.validation_batches.group_name}={group}"] = scores["accuracy"]
         return values
 
     def _stop_requested(self, local: bool, boundary: bool) -> bool:

@@ -28,7 +28,7 @@ def rng():
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> str:
     """The bundled corpus built once per session (TFDS array_record)."""
-    from odeplm.data.corpus import text_source
+    from odeplm.data.sources import text_source
 
     path = str(tmp_path_factory.mktemp("tfds"))
     for split in ("train", "validation"):
@@ -38,7 +38,7 @@ def corpus_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tokenizer(corpus_dir):
-    from odeplm.data.corpus import text_source
+    from odeplm.data.sources import text_source
     from odeplm.data.tokenizer import Tokenizer
 
     texts = text_source("shakespeare", "train", corpus_dir)

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg, text_source
+from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg
+from odeplm.data.sources import text_source
 from odeplm.data.pipeline import Batches
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.special_ids import MASK, PAD

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from odeplm.config import ConfigError
-from odeplm.data.corpus import DataError, text_source
+from odeplm.data.corpus import DataError
+from odeplm.data.sources import text_source
 from odeplm.data.pipeline import split_batches
 from odeplm.data.prepared import (TokenFiles, TokenWindows, dataset_root, dataset_tokenizer, prepare_split,
                                   split_directory)

@@ -50,7 +50,8 @@ def main(argv):
         if summary["preempted"]:
             return
         model = nnx.merge(trainer.graphdef, trainer.state["params"])
-        rows, table = validation_table(model, trainer.validation_set, FLAGS.config.eval.solves)
+        rows, table = validation_table(model, trainer.validation_set, FLAGS.config.eval.solves,
+                                       group_name=trainer.validation_batches.group_name)
         if jax.process_index() == 0:
             print(table)
             print(show_outputs(model, trainer.tokenizer, trainer.validation_set[0], FLAGS.config.eval.solves))

@@ -1,21 +1,18 @@
-"""TFDS builders for the bundled corpus and for local text, and the array_record
-reader every dataset (ours or TFDS's by name) goes through.
+"""TFDS builders for the bundled corpus and for local text.
 
 Building writes array_record files (TensorFlow is needed to serialise them);
-reading uses `tfds.data_source`, random access without TensorFlow.
+reading uses `tfds.data_source`, random access without TensorFlow (see
+`odeplm.data.sources`, which resolves dataset names).
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
-import io
 import json
 import math
 import os
 import re
-import sys
 
 import tensorflow_datasets as tfds
 
@@ -191,50 +188,3 @@ def _paragraph_runs(documents: dict[str, str], fraction: float) -> dict[str, tup
 
 def _unit_hash(name: str) -> float:
     return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 2**32
-
-
-def text_source(dataset: str, split: str, data_dir: str, text_key: str = "text"):
-    """Random-access texts of a split, building the dataset first if it is ours.
-
-    `dataset` is `shakespeare`, `files:/path/to/dir`, or any TFDS name the user
-    has prepared under `data_dir` (`c4/en`, `wikipedia/20230601.en`, `lm1b`).
-    """
-    if dataset.startswith("files:"):
-        builder = TextFiles(config=TextFilesConfig.parse(dataset), data_dir=data_dir)
-    elif dataset == "shakespeare":
-        builder = Shakespeare(data_dir=data_dir)
-    else:
-        try:
-            builder = tfds.builder(dataset, data_dir=data_dir)
-        except Exception as error:  # TFDS raises several types for unknown names
-            raise DataError(f"unknown dataset {dataset!r}: {error}") from None
-        if not builder.is_prepared():
-            raise DataError(f"dataset {dataset!r} is not prepared under {data_dir}; prepare it with "
-                            f"`tfds build {dataset} --data_dir {data_dir} --file_format array_record`")
-        return _TextColumn(builder.as_data_source(split=split), text_key)
-    if not builder.is_prepared():
-        try:
-            import tensorflow  # noqa: F401  (TFDS serialises examples with it)
-        except ImportError:
-            raise DataError(f"building {dataset!r} needs TensorFlow: pip install 'odeplm[corpus]'") from None
-        # TFDS prints "Downloading and preparing dataset Unknown size" and progress bars for
-        # what downloads nothing and takes seconds: one line says it instead
-        print(f"building {dataset!r} into {data_dir} (once)", file=sys.stderr)
-        tfds.disable_progress_bar()
-        with contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare(file_format="array_record")
-    return _TextColumn(builder.as_data_source(split=split), text_key)
-
-
-class _TextColumn:
-    """One text field of a TFDS data source, decoded to str."""
-
-    def __init__(self, source, key: str):
-        self.source, self.key = source, key
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> str:
-        value = self.source[index][self.key]
-        return value.decode("utf-8") if isinstance(value, bytes) else value

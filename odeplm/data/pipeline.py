@@ -1,10 +1,15 @@
-"""Step-indexed batches of token windows, read through grain.
+"""Step-indexed batches of token windows or task examples, read through grain.
 
 The batch at step s depends only on (seed, s): grain's index shuffle gives a
-fresh permutation of the windows each epoch without materialising it, global
-position s * batch + j holds the j-th window of step s, and masking is seeded by
+fresh permutation of the records each epoch without materialising it, global
+position s * batch + j holds the j-th record of step s, and masking is seeded by
 (seed, position). Each process reads only its contiguous slice of a step's
 batch, so resuming, or changing the host count, replays the same global batches.
+
+A window of text is the objective's to read (next-token targets, or BERT
+masking); an example carries its own targets, loss weights and group, which
+every objective keeps as they are (a masked model then reads the whole
+unmasked sequence).
 """
 
 from __future__ import annotations
@@ -15,23 +20,27 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from odeplm.data.prepared import TokenFiles, TokenWindows, builds_locally, prepare_split
-from odeplm.data.tokenizer import Tokenizer
+from odeplm.data.prepared import ExampleRecords, TokenFiles, TokenWindows, prepare_split
+from odeplm.data.sources import builds_locally
+from odeplm.data.tokenizer import Symbols, Tokenizer
 from odeplm.special_ids import MASK, PAD
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batches:
     """Batches over windows of `length + 1` tokens (`TokenWindows`, or an array of
-    rows: anything indexed by an array of window ids) for a masked or causal objective."""
+    rows: anything indexed by an array of window ids) for a masked or causal
+    objective, or over a task's examples (`ExampleRecords`); `group_name` says what
+    the examples' groups count (None: no groups)."""
 
-    windows: TokenWindows | np.ndarray
+    windows: TokenWindows | ExampleRecords | np.ndarray
     global_batch: int
     objective: str
     vocab_size: int
     seed: int = 0
     mask_rate: float = 0.15
     shuffle: bool = True
+    group_name: str | None = None
 
     def __post_init__(self):
         if self.global_batch < 1:
@@ -63,7 +72,9 @@ class Batches:
         indices = order.repeat().batch(local, batch_fn=np.array)
         return indices.map_with_index(lambda k, ids: self._finish(self.windows[ids], k * local))
 
-    def _finish(self, rows: np.ndarray, first_position: int) -> dict[str, np.ndarray]:
+    def _finish(self, rows: np.ndarray | dict, first_position: int) -> dict[str, np.ndarray]:
+        if isinstance(rows, dict):  # examples with their own targets and weights
+            return {**rows, "padding_mask": rows["tokens"] != PAD}
         if self.objective == "causal":
             inputs, targets = rows[:, :-1], rows[:, 1:]
             return {"tokens": inputs, "padding_mask": inputs != PAD, "targets": targets,
@@ -85,11 +96,11 @@ class Batches:
         return inputs.astype(np.int32), chosen.astype(np.float32)
 
 
-def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, length: int, batch_size: int,
-                  objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded") -> Batches:
+def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols, *, length: int,
+                  batch_size: int, objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded") -> Batches:
     """Batches over one prepared split (see `odeplm.data.prepared`); our own
-    local datasets are tokenized on first use."""
+    local datasets are prepared on first use."""
     files = (prepare_split(dataset, split, data_dir, tokenizer) if builds_locally(dataset)
              else TokenFiles.open(dataset, split, data_dir, tokenizer))
-    windows = TokenWindows(files, length, index)
-    return Batches(windows, batch_size, objective, tokenizer.vocab_size, seed=seed, shuffle=shuffle)
+    return Batches(files.records(length, index), batch_size, objective, tokenizer.vocab_size, seed=seed,
+                   shuffle=shuffle, group_name=files.group_name)

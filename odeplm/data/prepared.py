@@ -1,10 +1,13 @@
-"""A dataset tokenized once into sharded array_record token files, read back as
-fixed-length windows by global index.
+"""A dataset tokenized once into sharded array_record token files, read back by
+global index: fixed-length windows of a text's token stream, or whole examples
+of a task.
 
 Preparing is the one pass over text: a tokenizer trained on a bounded sample of
 the training split, then every split's documents (each followed by EOS, in the
 split's order) cut into records of `RECORD_TOKENS` tokens, one array_record
-file per shard of documents. Shards are written by parallel workers to a
+file per shard of documents. A task's examples (`odeplm.data.tasks`) are made
+as ids already; each becomes one record holding its tokens and, where it
+carries them, its targets, loss weights and group (`encode_example`). Shards are written by parallel workers to a
 temporary name and renamed, so an interrupted prepare resumes where it stopped;
 the manifest is written last and marks the split complete. The layout is
 
@@ -32,9 +35,10 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from odeplm.config import ConfigError
-from odeplm.data.corpus import DataError, text_source
-from odeplm.data.tokenizer import Tokenizer
-from odeplm.special_ids import EOS
+from odeplm.data.corpus import DataError
+from odeplm.data.sources import builds_locally, example_source, group_name, is_task, task_vocabulary, text_source
+from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
+from odeplm.special_ids import EOS, PAD
 
 RECORD_TOKENS = 4096
 # Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.
@@ -52,7 +56,7 @@ def dataset_root(dataset: str, data_dir: str) -> str:
     return os.path.join(data_dir, "odeplm_tokens", re.sub(r"[^A-Za-z0-9._-]+", "_", dataset).strip("_"))
 
 
-def split_directory(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer) -> str:
+def split_directory(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols) -> str:
     return os.path.join(dataset_root(dataset, data_dir), tokenizer.fingerprint, split)
 
 
@@ -61,14 +65,21 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = 50_000_000,
-                      kind: str = "bpe", train: bool = True) -> Tokenizer:
+                      kind: str = "bpe", train: bool = True) -> Tokenizer | Symbols:
     """The dataset's tokenizer of `vocab_size` pieces (`kind` bpe or char), trained once
-    on a bounded, evenly spread sample of its training split and saved beside its token files."""
+    on a bounded, evenly spread sample of its training split and saved beside its token files;
+    a task's own vocabulary (`kind` does not apply)."""
+    if is_task(dataset):
+        vocabulary = task_vocabulary(dataset)
+        if vocabulary.vocab_size != vocab_size:
+            raise ConfigError("model.vocab_size", f"{dataset!r} has a vocabulary of {vocabulary.vocab_size} ids, "
+                                                  f"not {vocab_size}")
+        return vocabulary
     name = f"tokenizer-{vocab_size}.json" if kind == "bpe" else f"tokenizer-{kind}-{vocab_size}.json"
     path = os.path.join(dataset_root(dataset, data_dir), name)
     if os.path.exists(path):
         with open(path) as f:
-            return Tokenizer.from_json(json.load(f))
+            return tokenizer_from_json(json.load(f))
     if not train:
         raise DataError(f"{dataset!r} has no {kind} tokenizer of {vocab_size} pieces under {data_dir}: "
                         f"{path} is missing; run `python -m train.prepare` with this config once")
@@ -92,20 +103,23 @@ def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_ch
 
 @dataclasses.dataclass(frozen=True)
 class TokenFiles:
-    """One prepared split: its shards, in order, and how many tokens each holds."""
+    """One prepared split: its shards, in order, and how many tokens each holds; for a
+    task, how many examples each holds and what their groups count."""
 
     directory: str
     shards: tuple[str, ...]
     shard_tokens: tuple[int, ...]
     dtype: np.dtype
     record_tokens: int
+    shard_examples: tuple[int, ...] = ()  # a task's examples per shard (one record each); empty for text
+    group_name: str | None = None
 
     @property
     def tokens(self) -> int:
         return sum(self.shard_tokens)
 
     @classmethod
-    def open(cls, dataset: str, split: str, data_dir: str, tokenizer: Tokenizer) -> "TokenFiles":
+    def open(cls, dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols) -> "TokenFiles":
         """The split as prepared with `tokenizer`; a missing, incomplete or
         differently tokenized split is named, and nothing is written."""
         directory = split_directory(dataset, split, data_dir, tokenizer)
@@ -135,7 +149,12 @@ class TokenFiles:
             raise DataError(f"prepared split {directory} is incomplete: {len(missing)} of {len(shards)} shards "
                             f"missing, first {missing[0]}")
         return cls(directory, shards, tuple(s["tokens"] for s in manifest["shards"]), np.dtype(manifest["dtype"]),
-                   manifest["record_tokens"])
+                   manifest["record_tokens"], tuple(s["examples"] for s in manifest["shards"] if "examples" in s),
+                   manifest.get("group_name"))
+
+    def records(self, length: int, index: str = "offloaded") -> "TokenWindows | ExampleRecords":
+        """What batches index: windows of `length` tokens and their targets, or a task's examples cut to `length`."""
+        return ExampleRecords(self, length, index) if self.shard_examples else TokenWindows(self, length, index)
 
 
 class TokenWindows:
@@ -183,13 +202,60 @@ class TokenWindows:
         return pieces
 
 
-def builds_locally(dataset: str) -> bool:
-    """Our own datasets (the bundled corpus, local files) are small enough to
-    prepare on first use; TFDS datasets are prepared once with `train.prepare`."""
-    return dataset == "shakespeare" or dataset.startswith("files:")
+class ExampleRecords:
+    """A task's examples by index, one record each, as arrays of `length` tokens:
+    indexed by an array of ids, a dict of tokens, targets, weights [n, length] and,
+    where the task has groups, group [n]. Longer examples are cut; shorter ones
+    are padded with weight 0."""
+
+    def __init__(self, files: TokenFiles, length: int, index: str = "offloaded"):
+        self.files, self.length = files, length
+        self.source = grain.sources.ArrayRecordDataSource(list(files.shards), reader_options=INDEX_OPTIONS[index])
+
+    def __len__(self) -> int:
+        return sum(self.files.shard_examples)
+
+    def __getitem__(self, index) -> dict[str, np.ndarray]:
+        ids = np.atleast_1d(np.asarray(index)).tolist()
+        examples = [decode_example(record) for record in self.source.__getitems__(ids)]
+        out = {"tokens": np.full((len(ids), self.length), PAD, np.int32)}
+        out["targets"] = out["tokens"].copy()
+        out["weights"] = np.zeros((len(ids), self.length), np.float32)
+        for row, example in enumerate(examples):
+            for key in ("tokens", "targets", "weights"):
+                values = example[key][:self.length]
+                out[key][row, :len(values)] = values
+        if self.files.group_name is not None:
+            out["group"] = np.array([example["group"] for example in examples], np.int32)
+        return out
 
 
-def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | int, *, splits=("train", "validation"),
+def encode_example(tokens, targets=None, weights=None, group: int = 0) -> bytes:
+    """One example as a record: a header (length, group) and its tokens, targets
+    (int32) and weights (float32); plain arrays, so reading it runs no code.
+    Without targets, each token's target is the next token; without weights, every
+    target but padding weighs 1 (a prompt/answer example weighs 0 over its prompt)."""
+    tokens = np.asarray(tokens, np.int32)
+    if targets is None:
+        targets = np.append(tokens[1:], PAD).astype(np.int32)
+    if weights is None:
+        weights = (np.asarray(targets) != PAD).astype(np.float32)
+    if np.shape(targets) != tokens.shape or np.shape(weights) != tokens.shape:
+        raise DataError(f"an example's targets {np.shape(targets)} and weights {np.shape(weights)} must match its "
+                        f"tokens {tokens.shape}")
+    header = np.array([len(tokens), group], np.int32)
+    return b"".join(a.tobytes() for a in (header, tokens, np.asarray(targets, np.int32),
+                                           np.asarray(weights, np.float32)))
+
+
+def decode_example(record: bytes) -> dict:
+    length, group = np.frombuffer(record, np.int32, 2)
+    arrays = np.frombuffer(record, np.int32, 2 * length, offset=8)
+    weights = np.frombuffer(record, np.float32, length, offset=8 + 8 * length)
+    return {"tokens": arrays[:length], "targets": arrays[length:], "weights": weights, "group": int(group)}
+
+
+def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | Symbols | int, *, splits=("train", "validation"),
             shards: int = 16, workers: int = 1, sample_characters: int = 50_000_000,
             kind: str = "bpe") -> dict[str, TokenFiles]:
     """Every split of `dataset` tokenized by `tokenizer`, or by the dataset's own
@@ -200,13 +266,15 @@ def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | int, *, splits=(
             for split in splits}
 
 
-def prepare_split(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer, *, shards: int = 16,
+def prepare_split(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols, *, shards: int = 16,
                   workers: int = 1) -> TokenFiles:
     """Tokenizes one split into `shards` files with `workers` processes; shards
     already written are kept, and a complete split is returned as it is."""
     directory = split_directory(dataset, split, data_dir, tokenizer)
     if os.path.exists(os.path.join(directory, "manifest.json")):
         return TokenFiles.open(dataset, split, data_dir, tokenizer)
+    if is_task(dataset):
+        return _prepare_examples(dataset, split, data_dir, tokenizer, directory)
     documents = len(text_source(dataset, split, data_dir))  # builds our own datasets before workers start
     shards = max(1, min(shards, documents))
     os.makedirs(directory, exist_ok=True)
@@ -227,6 +295,25 @@ def prepare_split(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer,
     shard_tokens = [count_tokens(os.path.join(directory, name), dtype) for name in names]
     write_manifest(directory, names, shard_tokens, dtype, RECORD_TOKENS, tokenizer.fingerprint, documents=documents)
     return TokenFiles.open(dataset, split, data_dir, tokenizer)
+
+
+def _prepare_examples(dataset: str, split: str, data_dir: str, vocabulary: Symbols, directory: str) -> TokenFiles:
+    """A task's split as one shard of example records (tasks are made small)."""
+    source = example_source(dataset, split, data_dir)
+    name = "shard-00000-of-00001.array_record"
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f"{name}.tmp-{os.getpid()}")
+    writer = ArrayRecordWriter(temporary, WRITER_OPTIONS)
+    tokens = 0
+    for i in range(len(source)):
+        example = source[i]
+        writer.write(encode_example(example["tokens"], example["targets"], example["weights"], int(example["group"])))
+        tokens += len(example["tokens"])
+    writer.close()
+    os.replace(temporary, os.path.join(directory, name))
+    write_manifest(directory, [name], [tokens], np.int32, 0, vocabulary.fingerprint, examples=[len(source)],
+                   group_name=group_name(dataset))
+    return TokenFiles.open(dataset, split, data_dir, vocabulary)
 
 
 def _tokenize_shard(task) -> None:
@@ -269,10 +356,13 @@ def count_tokens(path: str, dtype: np.dtype, record_tokens: int = RECORD_TOKENS)
 
 
 def write_manifest(directory: str, names, shard_tokens, dtype: np.dtype, record_tokens: int, fingerprint: str,
-                   **facts) -> None:
+                   examples=(), **facts) -> None:
+    """The split's manifest, written last; `examples` counts a task's records per shard."""
+    shards = [{"file": name, "tokens": int(n)} for name, n in zip(names, shard_tokens)]
+    for shard, count in zip(shards, examples):
+        shard["examples"] = int(count)
     manifest = {"tokenizer": fingerprint, "dtype": np.dtype(dtype).name, "record_tokens": record_tokens,
-                "tokens": int(sum(shard_tokens)), **facts,
-                "shards": [{"file": name, "tokens": int(n)} for name, n in zip(names, shard_tokens)]}
+                "tokens": int(sum(shard_tokens)), **facts, "shards": shards}
     _write_atomically(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=1))
 
 

@@ -6,7 +6,8 @@ Two kinds: `bpe` (byte fallback, so any text encodes; at least 262 pieces) and
 
 Special ids are fixed: pad 0, unk 1, bos 2, eos 3, [MASK] 4. Newlines are
 pieces of their own and normalisation is the identity, so decoding returns the
-text (verse lines included) exactly.
+text (verse lines included) exactly. `Symbols` is the third kind: a fixed list
+of one-character pieces for data that is made as ids (tasks), not trained.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 from odeplm.special_ids import BOS, EOS, MASK, PAD, UNK
+
+SPECIAL_COUNT = MASK + 1  # pad, unk, bos, eos, [MASK]
 
 KINDS = ("bpe", "char")
 
@@ -76,6 +79,46 @@ class Tokenizer:
     @classmethod
     def from_json(cls, values: dict) -> "Tokenizer":
         return cls(base64.b64decode(values["sentencepiece_model"]))
+
+
+class Symbols:
+    """A fixed vocabulary of one-character pieces after the special ids, for data made
+    as token ids rather than text (`odeplm.data.tasks`): every character is one id, so
+    `encode` and `decode` show a task's sequences as strings."""
+
+    def __init__(self, symbols: str):
+        if len(set(symbols)) != len(symbols):
+            raise ValueError(f"symbols must be distinct, got {symbols!r}")
+        self.symbols = symbols
+        self._ids = {symbol: SPECIAL_COUNT + i for i, symbol in enumerate(symbols)}
+
+    @property
+    def vocab_size(self) -> int:
+        return SPECIAL_COUNT + len(self.symbols)
+
+    @property
+    def fingerprint(self) -> str:
+        return "symbols-" + hashlib.sha1(self.symbols.encode()).hexdigest()[:12]
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - set(self._ids))
+        if unknown:
+            raise ValueError(f"characters {unknown} are not in this vocabulary ({self.symbols!r})")
+        return [self._ids[c] for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.symbols[i - SPECIAL_COUNT] if i >= SPECIAL_COUNT else "?" if i == UNK else ""
+                       for i in map(int, ids))
+
+    def to_json(self) -> dict:
+        return {"symbols": self.symbols}
+
+
+def tokenizer_from_json(values: dict) -> Tokenizer | Symbols:
+    """The tokenizer a checkpoint or a dataset saved with `to_json()`."""
+    if "symbols" in values:
+        return Symbols(values["symbols"])
+    return Tokenizer.from_json(values)
 
 
 def _paragraphs(texts: Iterable[str], max_characters: int):

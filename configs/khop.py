@@ -1,0 +1,46 @@
+"""The models of the k-hop study in docs/results.md (issue "Depth that pays"), one per name:
+
+    python -m train.pretrain --config configs/khop.py:depth8 --workdir runs/khop/depth8
+    python -m eval.study --evaluate depth8 --study khop
+
+The task (`odeplm.data.tasks`): a hop-count token, then 79 letters of a
+4-letter alphabet; the target at every letter is the letter reached after k
+hops (k from 1 to 4, drawn per sequence), every position scored. Every model
+is a causal Pre-LN transformer of width 128 (4 heads, MLP 512, context 80),
+fully shared unless its name says otherwise, trained for 2000 AdamW steps of
+32 sequences at 1e-3 (100 warm-up steps, cosine decay), validated on 2048
+held-out sequences. `NAME_seedK` is NAME trained with seed K
+(initialisation and batch order; the data stay the same).
+
+- dedicated depths `depth8`, `depth4`, `depth2`, `depth1`: plain models
+  trained at the depth they serve (tau = 1, N = L).
+"""
+
+from configs import base
+
+DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
+MODELS = {
+    **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
+}
+STEPS = 2000
+
+
+def get_config(name: str = "depth8"):
+    model_name, marker, seed = name.rpartition("_seed")
+    if not (marker and seed.isdigit()):
+        model_name, seed = name, "0"
+    if model_name not in MODELS:
+        raise ValueError(f"unknown k-hop model {model_name!r}; known: {sorted(MODELS)}, each optionally _seedK")
+    model, train = MODELS[model_name]
+    config = base.get_config()
+    config.seed = int(seed)
+    config.data.update(dataset=DATASET, record_index="in_memory")  # a 1 MB index: read fast
+    config.model.update(vocab_size=48, width=128, heads=4, mlp_width=512, max_length=80, embedding_size=128,
+                        depth="8", objective="causal", norm="pre")
+    config.model.update(model)
+    config.train.update(steps=STEPS, batch_size=32, learning_rate=1e-3, warmup_steps=100, log_every=50,
+                        eval_batches=8, eval_every=100)
+    config.train.update(train)
+    config.checkpoint.update(every=500, keep=1)
+    config.eval.solves = "euler"
+    return config
