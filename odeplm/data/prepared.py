@@ -36,7 +36,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from odeplm.config import ConfigError
 from odeplm.data.corpus import DataError
-from odeplm.data.sources import builds_locally, example_source, group_name, is_task, task_vocabulary, text_source
+from odeplm.data.sources import example_source, group_name, is_task, task_vocabulary, text_source
 from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 from odeplm.special_ids import EOS, PAD
 
