@@ -8,19 +8,36 @@ The task (`odeplm.data.tasks`): a hop-count token, then 79 letters of a
 hops (k from 1 to 4, drawn per sequence), every position scored. Every model
 is a causal Pre-LN transformer of width 128 (4 heads, MLP 512, context 80),
 fully shared unless its name says otherwise, trained for 2000 AdamW steps of
-32 sequences at 1e-3 (100 warm-up steps, cosine decay), validated on 2048
-held-out sequences. `NAME_seedK` is NAME trained with seed K
+32 sequences at 1e-3 (100 warm-up steps, cosine decay), validated every
+100 steps on 256 held-out sequences (the result files score all 2048). `NAME_seedK` is NAME trained with seed K
 (initialisation and batch order; the data stay the same).
 
 - dedicated depths `depth8`, `depth4`, `depth2`, `depth1`: plain models
-  trained at the depth they serve (tau = 1, N = L).
+  trained at the depth they serve (tau = 1, N = L);
+- what might make deep shared models learn reliably, each at L = 8: a shorter
+  span (`depth8_span2`: tau = 1/4; `depth8_span1`: tau = 1/8, the 1/L branch
+  scaling), depth-muP's branch multiplier 1/sqrt(L) (`depth8_mup`: span
+  sqrt(8), with its learning-rate rule for Adam, lr proportional to
+  1/sqrt(L): 1e-3 at L = 2 gives 5e-4 at L = 8), ReZero gates (`depth8_rezero`),
+  a depth curriculum (`depth8_curriculum`: 2, 3, ..., 8 layers over the first
+  1000 steps, then 8), random depth per batch as Huginn draws its recurrence
+  (`depth8_random_depth`: 2 to 8 layers), and a lower learning rate
+  (`depth8_lr5e-4`).
 """
 
 from configs import base
 
 DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
+_LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
 MODELS = {
     **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
+    "depth8_span2": (dict(depth="8@2"), {}),
+    "depth8_span1": (dict(depth="8@1"), {}),
+    "depth8_mup": (dict(depth="8@2.8284271247461903"), dict(learning_rate=5e-4)),
+    "depth8_rezero": (dict(depth="8", residual_gate="rezero"), {}),
+    "depth8_curriculum": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000)),
+    "depth8_random_depth": (dict(depth="8"), _LADDER),
+    "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
 }
 STEPS = 2000
 

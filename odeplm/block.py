@@ -190,6 +190,8 @@ class Layer(nnx.Module):
         self.attention_norm = layer_norm(config, config.width, rngs)
         self.mlp = MLP(config, rngs=rngs)
         self.mlp_norm = layer_norm(config, config.width, rngs)
+        self.gates = nnx.Param(logical(nnx.initializers.zeros_init(), (None,))(
+            rngs.params(), (2,), jnp.dtype(config.param_dtype))) if config.residual_gate == "rezero" else None
 
     def __call__(
         self,
@@ -215,13 +217,16 @@ class Layer(nnx.Module):
 
     def _residual(self, h, attend, keys, modulation, tau):
         attention_mod, mlp_mod = (None, None) if modulation is None else modulation
+        attention_gate, mlp_gate = (1.0, 1.0) if self.gates is None else self.gates[...].astype(h.dtype)
         if self.norm == "post":
-            h = constrain(modulated(self.attention_norm, h + tau * dropout(attend(h), self.rate, keys[0]),
-                                    attention_mod), HIDDEN)
-            return constrain(modulated(self.mlp_norm, h + tau * dropout(self.mlp(h), self.rate, keys[1]), mlp_mod),
-                             HIDDEN)
-        h = constrain(h + dropout(attend(modulated(self.attention_norm, h, attention_mod)), self.rate, keys[0]), HIDDEN)
-        return constrain(h + dropout(self.mlp(modulated(self.mlp_norm, h, mlp_mod)), self.rate, keys[1]), HIDDEN)
+            update = attention_gate * dropout(attend(h), self.rate, keys[0])
+            h = constrain(modulated(self.attention_norm, h + tau * update, attention_mod), HIDDEN)
+            update = mlp_gate * dropout(self.mlp(h), self.rate, keys[1])
+            return constrain(modulated(self.mlp_norm, h + tau * update, mlp_mod), HIDDEN)
+        h = constrain(h + attention_gate * dropout(attend(modulated(self.attention_norm, h, attention_mod)), self.rate,
+                                                   keys[0]), HIDDEN)
+        return constrain(h + mlp_gate * dropout(self.mlp(modulated(self.mlp_norm, h, mlp_mod)), self.rate, keys[1]),
+                         HIDDEN)
 
 
 class Block(nnx.Module):

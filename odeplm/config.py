@@ -109,6 +109,7 @@ _CHOICES = {
     "param_dtype": ("float32", "float64"),
     "attention": ("xla", "cudnn"),
     "remat": ("none", "full", "dots"),
+    "residual_gate": ("none", "rezero"),
 }
 
 # Fields that change how a model runs, not its parameters: a checkpoint saved
@@ -128,6 +129,8 @@ class ModelConfig:
     segments, or a string for `parse_depth`). `time_features` > 0 (even) makes the
     field time-aware, f(t, h), through that many sinusoidal features of t
     (`odeplm.block.TimeModulation`); 0 is the time-blind field of an ordinary stack.
+    `residual_gate="rezero"` scales each sub-layer's update by a learned scalar that
+    starts at 0 (ReZero, SkipInit), so the block starts as the identity.
     """
 
     vocab_size: int = 512
@@ -146,6 +149,7 @@ class ModelConfig:
     depth: DepthPlan | str = "6"
     inner_layers: int = 1
     time_features: int = 0
+    residual_gate: str = "none"
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     dtype: str = "float32"

@@ -120,7 +120,7 @@ def decode(model, tokens, positions, valid, caches, index, solves: SolvePlan):
     h = encoder.embeddings(tokens, positions=positions)
     new_caches = []
     for block, segment, solve, cache in zip(encoder.blocks, model.config.depth, solves, caches):
-        h, cache = _solve_segment(block, h, mask, cache, index, segment.span, solve)
+        h, cache = _solve_segment(block, h, mask, cache, index, solve.span or segment.span, solve)
         new_caches.append(cache)
     if encoder.final_norm is not None:
         h = encoder.final_norm(h)

@@ -5,7 +5,10 @@ Fixed N reproduces ordinary training (N = L, tau = 1) or trains with smaller
 steps; a list of step counts, optionally weighted, draws N per batch from
 (seed, step) alone, so every host draws the same N and a resumed run draws what
 the uninterrupted run drew. A drawn N is the step count of every segment over
-its span (tau = span / N).
+its span (tau = span / N; mode "span"), or N steps of the segment's own step
+size (mode "depth": a shallower or deeper model, free with shared weights, as
+Huginn draws its recurrence). A curriculum climbs through the step counts,
+smallest first, over its first steps, then draws.
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ def _numbers(field: str, text: str, kind: type) -> tuple:
         raise ConfigError(field, f"expected comma-separated {what}, got {text!r}") from None
 
 
+MODES = ("span", "depth")
+
+
 @dataclasses.dataclass(frozen=True)
 class Discretisation:
     solver: str = "euler"
     steps: tuple[int, ...] = ()  # empty: each segment's training steps from the depth plan
     weights: tuple[float, ...] = ()  # empty: uniform over `steps`
+    mode: str = "span"  # a drawn N: N steps over the span ("span") or N steps of the trained step size ("depth")
+    curriculum: int = 0  # training steps over which N climbs through the step counts; 0: none
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -40,16 +48,29 @@ class Discretisation:
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0 or sum(self.weights) <= 0):
             raise ConfigError("train.step_weights", f"need one non-negative weight per step count {self.steps}, "
                                                     f"got {self.weights}")
+        if self.mode not in MODES:
+            raise ConfigError("train.step_mode", f"must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.curriculum, bool) or not isinstance(self.curriculum, int) or self.curriculum < 0:
+            raise ConfigError("train.curriculum_steps", f"must be an integer >= 0, got {self.curriculum!r}")
+        if self.curriculum and len(set(self.steps)) < 2:
+            raise ConfigError("train.curriculum_steps", f"a curriculum grows N through train.step_counts; give at "
+                                                        f"least two, got {self.steps}")
 
     @classmethod
-    def parse(cls, solver: str, steps: str, weights: str) -> "Discretisation":
+    def parse(cls, solver: str, steps: str, weights: str, mode: str = "span",
+              curriculum: int = 0) -> "Discretisation":
         """From config strings: steps `"12"` or `"2,3,4,6,12"`, weights `"1,1,1,1,4"`."""
-        return cls(solver, _numbers("train.step_counts", steps, int), _numbers("train.step_weights", weights, float))
+        return cls(solver, _numbers("train.step_counts", steps, int), _numbers("train.step_weights", weights, float),
+                   mode, curriculum)
 
     def draw(self, seed: int, step: int) -> int | None:
-        """The step count for training step `step` (None: the depth plan's own)."""
+        """The step count for training step `step` (None: the depth plan's own): during the
+        curriculum each count in increasing order for an equal share of its steps, then drawn."""
         if not self.steps:
             return None
+        if step < self.curriculum:
+            ladder = sorted(set(self.steps))
+            return ladder[len(ladder) * step // self.curriculum]
         if len(self.steps) == 1:
             return self.steps[0]
         p = np.asarray(self.weights or [1.0] * len(self.steps), np.float64)
@@ -57,6 +78,10 @@ class Discretisation:
         return int(self.steps[rng.choice(len(self.steps), p=p / p.sum())])
 
     def solves(self, depth: DepthPlan, steps: int | None) -> SolvePlan:
+        """The solve plan of a drawn step count: over each segment's span, or (depth mode)
+        at each segment's own step size, over N of them."""
+        if steps is not None and self.mode == "depth":
+            return tuple(Solve(self.solver, steps, span=steps * segment.tau) for segment in depth)
         return tuple(Solve(self.solver, steps or segment.steps) for segment in depth)
 
     def nfe(self, depth: DepthPlan, steps: int | None) -> int:

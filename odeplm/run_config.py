@@ -36,6 +36,9 @@ def default_config() -> ConfigDict:
         # and at each of eval_solves ("euler:2,rk4:1"), into metrics.jsonl and TensorBoard
         eval_every=0, eval_solves="",
         solver="euler", step_counts="", step_weights="",  # "" -> the depth plan's own steps (tau = 1)
+        # a drawn N runs N steps over each segment's span ("span") or N steps of its own size ("depth");
+        # curriculum_steps > 0 climbs through the step counts, smallest first, over those steps, then draws
+        step_mode="span", curriculum_steps=0,
         # the sandwich rule (odeplm.recipe.Distillation): coarse step counts trained beside full depth
         # (solver "" -> the training solver)
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",

@@ -104,7 +104,9 @@ class Solve:
 
     `steps=None` without tolerances means the segment's training step count;
     `rtol`/`atol` select adaptive stepping with a PID controller, bounded by
-    `max_steps` attempted steps.
+    `max_steps` attempted steps. `span=None` integrates over the segment's own
+    span; another span runs the block over a shorter or longer time (`euler:16@16`
+    on a model trained as 8 steps of size 1: sixteen layers, a deeper model).
     """
 
     solver: str = "euler"
@@ -112,6 +114,7 @@ class Solve:
     rtol: float | None = None
     atol: float | None = None
     max_steps: int = 64
+    span: float | None = None
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
@@ -131,6 +134,10 @@ class Solve:
                 raise SolverError(f"tolerances must be positive and finite, got rtol={self.rtol}, atol={self.atol}")
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
             raise SolverError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        if self.span is not None:
+            if isinstance(self.span, bool) or not isinstance(self.span, (int, float)) or not 0 < self.span < math.inf:
+                raise SolverError(f"span must be a positive number, got {self.span!r}")
+            object.__setattr__(self, "span", float(self.span))
 
     @property
     def info(self) -> SolverInfo:
@@ -142,9 +149,16 @@ class Solve:
 
     @classmethod
     def parse(cls, text: str) -> "Solve":
-        """Parses `euler`, `rk4:3`, or `tsit5:rtol=1e-3:atol=1e-4[:max_steps=32]`."""
-        name, *options = text.strip().split(":")
+        """Parses `euler`, `rk4:3`, `tsit5:rtol=1e-3:atol=1e-4[:max_steps=32]`, each optionally
+        followed by `@SPAN` (`euler:16@16`)."""
+        body, marker, span = text.strip().partition("@")
+        name, *options = body.split(":")
         kwargs: dict = {}
+        if marker:
+            try:
+                kwargs["span"] = float(span)
+            except ValueError:
+                raise SolverError(f"cannot parse the span {span!r} of solve {text!r}") from None
         for option in options:
             key, value = option.split("=", 1) if "=" in option else ("steps", option)
             if key not in ("steps", "rtol", "atol", "max_steps"):
@@ -159,8 +173,10 @@ class Solve:
 
     def __str__(self) -> str:
         if self.adaptive:
-            return f"{self.solver}:rtol={self.rtol:g}:atol={self.atol:g}"
-        return self.solver if self.steps is None else f"{self.solver}:{self.steps}"
+            text = f"{self.solver}:rtol={self.rtol:g}:atol={self.atol:g}"
+        else:
+            text = self.solver if self.steps is None else f"{self.solver}:{self.steps}"
+        return text if self.span is None else f"{text}@{self.span:g}"
 
 
 SolvePlan = tuple[Solve, ...]

@@ -44,6 +44,37 @@ def test_euler_at_training_steps_is_the_layer_stack(norm, objective, depth, rng)
     assert int(out.nfe) == model.config.layers and bool(out.ok)
 
 
+def test_a_solve_over_another_span_is_a_shallower_or_deeper_stack(rng):
+    """Euler steps of size 1 over a span other than the trained one run the shared
+    block that many times: the first layers only, or more layers than trained."""
+    model = tiny_model(depth="4", initializer_range=0.2)
+    tokens = jnp.asarray(rng.integers(0, 64, (2, 12)))
+    padding = jnp.ones(tokens.shape, bool)
+    for layers in (2, 7):
+        deeper = tiny_model(depth=str(layers), initializer_range=0.2)  # the same parameters (seed), other depth
+        out = odeplm.forward(model, tokens, solve=f"euler:{layers}@{layers}")
+        np.testing.assert_allclose(out.logits, layer_loop_logits(deeper, tokens, padding), rtol=1e-5, atol=1e-5)
+        assert int(out.nfe) == layers
+
+
+def test_rezero_gates_start_as_the_identity_and_learn(rng):
+    """With zero gates every block is the identity, so any depth gives the model
+    without blocks; the gates are the parameters that move first."""
+    model = tiny_model(depth="2x3", residual_gate="rezero")
+    tokens = jnp.asarray(rng.integers(0, 64, (2, 12)))
+    encoder = model.encoder
+    h = encoder.final_norm(encoder.embeddings(tokens))
+    no_blocks = model.head(h, encoder.embeddings)
+    for solve in ("euler", "rk4:1", "euler:5@9"):
+        np.testing.assert_allclose(odeplm.forward(model, tokens, solve=solve).logits, no_blocks, atol=1e-6)
+    graphdef, params = nnx.split(model)
+    grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(tokens).logits[..., 0]))(params)
+    blocks = nnx.to_pure_dict(grads)["encoder"]["blocks"]
+    gate_grads = [layer["gates"] for block in blocks.values() for layer in block["layers"].values()]
+    assert len(gate_grads) == 2
+    assert all(float(jnp.abs(g).min()) > 0 for g in gate_grads)
+
+
 @pytest.mark.parametrize("solve", ["euler", "euler:2", "midpoint:3", "rk4:2"])
 def test_causal_outputs_do_not_see_later_tokens(solve, rng):
     model = tiny_model(objective="causal", norm="pre")

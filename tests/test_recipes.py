@@ -11,7 +11,9 @@ from flax import nnx
 from odeplm.generate import generate
 from odeplm.model import forward
 from odeplm.objectives import training_loss
-from odeplm.recipe import Distillation
+from odeplm.recipe import Discretisation, Distillation
+from odeplm.config import ConfigError, parse_depth
+from odeplm.solvers import Solve
 from odeplm.solvers import SolverError, plan_solves
 from tests.conftest import tiny_model
 
@@ -125,3 +127,22 @@ def test_sandwich_gradient_equals_the_objective_written_out(rng):
     coarse_logits = forward(model, tokens, solve="midpoint:1").logits
     coarse_loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(coarse_logits, batch["targets"]) * w)
     np.testing.assert_allclose(sums["coarse_losses"][0], coarse_loss, rtol=1e-5)
+
+
+def test_depth_mode_and_curriculum_draw_shallower_models_first():
+    """A curriculum grows N through the step counts over its steps, then draws them; in depth
+    mode a drawn N runs N steps of the trained step size (a shallower model), in span mode
+    N steps over the whole span."""
+    recipe = Discretisation(steps=(2, 4, 6, 8), weights=(0, 0, 0, 1), mode="depth", curriculum=600)
+    drawn = [recipe.draw(0, step) for step in range(0, 1000, 50)]
+    assert drawn[:2] == [2, 2] and drawn == sorted(drawn) and drawn[-1] == 8
+    assert [recipe.draw(0, step) for step in range(600)] == [2] * 150 + [4] * 150 + [6] * 150 + [8] * 150
+    assert {recipe.draw(0, step) for step in range(600, 700)} == {8}
+    depth = parse_depth("8@4")
+    assert recipe.solves(depth, 2) == (Solve("euler", 2, span=1.0),)
+    assert Discretisation(steps=(2, 8)).solves(depth, 2) == (Solve("euler", 2),)
+    assert recipe.solves(depth, None) == (Solve("euler", 8),)
+    for bad, message in ((dict(mode="layers"), "train.step_mode"), (dict(curriculum=5, steps=(8,)), "two"),
+                         (dict(curriculum=-1), "train.curriculum_steps")):
+        with pytest.raises(ConfigError, match=message):
+            Discretisation(**bad)

@@ -24,6 +24,8 @@ from odeplm.block import attention_mask
         (lambda: Solve.parse("tsit5:tol=1"), "unknown solve option"),
         (lambda: Solve.parse("euler:2:3"), "gives steps twice"),
         (lambda: Solve.parse("tsit5:rtol=inf:atol=inf"), "positive and finite"),
+        (lambda: Solve.parse("euler:4@x"), "cannot parse the span"),
+        (lambda: Solve("euler", 4, span=0), "span must be a positive number"),
         (lambda: odeplm.plan_solves(odeplm.parse_depth("6"), 123), "one per segment; got 123"),
         (lambda: odeplm.plan_solves(odeplm.parse_depth("2x3"), ["euler", "rk4", "heun"]), "3 solves given"),
     ],
@@ -39,6 +41,9 @@ def test_parse_and_plan():
     plan = odeplm.plan_solves(odeplm.parse_depth("1,4,1"), odeplm.parse_plan("euler,rk4:2,euler"))
     assert plan == (Solve("euler", 1), Solve("rk4", 2), Solve("euler", 1))
     assert odeplm.plan_solves(odeplm.parse_depth("6")) == (Solve("euler", 6),)
+    assert Solve.parse("euler:16@16") == Solve("euler", 16, span=16.0) and str(Solve("euler", 16, span=16)) == "euler:16@16"
+    assert Solve.parse(str(Solve("tsit5", rtol=1e-3, atol=1e-4, span=2.5))) == Solve("tsit5", rtol=1e-3, atol=1e-4,
+                                                                                      span=2.5)
 
 
 @pytest.mark.parametrize(
