@@ -41,7 +41,8 @@ def test_parse_and_plan():
     plan = odeplm.plan_solves(odeplm.parse_depth("1,4,1"), odeplm.parse_plan("euler,rk4:2,euler"))
     assert plan == (Solve("euler", 1), Solve("rk4", 2), Solve("euler", 1))
     assert odeplm.plan_solves(odeplm.parse_depth("6")) == (Solve("euler", 6),)
-    assert Solve.parse("euler:16@16") == Solve("euler", 16, span=16.0) and str(Solve("euler", 16, span=16)) == "euler:16@16"
+    assert Solve.parse("euler:16@16") == Solve("euler", 16, span=16.0)
+    assert str(Solve("euler", 16, span=16)) == "euler:16@16"
     assert Solve.parse(str(Solve("tsit5", rtol=1e-3, atol=1e-4, span=2.5))) == Solve("tsit5", rtol=1e-3, atol=1e-4,
                                                                                       span=2.5)
 
