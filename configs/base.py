@@ -1,9 +1,9 @@
-"""Defaults every config starts from (`odeplm.run_config`); the others override a few fields.
+"""Defaults every config starts from (`odeplm.runs.settings`); the others override a few fields.
 
     python -m train.pretrain --config configs/demo.py --workdir runs/demo --config.train.steps=100
 """
 
-from odeplm.run_config import default_config
+from odeplm.runs.settings import default_config
 
 
 def get_config():

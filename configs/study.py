@@ -11,7 +11,7 @@ L = 8 block applications. The names:
 - dedicated depths `depth8`, `depth4`, `depth2`: plain models trained at the
   depth they serve (tau = 1, N = L);
 - today's recipes: `random` (N drawn uniformly from {2, 4, 8} per batch);
-- the sandwich rule (`odeplm.recipe.Distillation`): every batch trains full
+- the sandwich rule (`odeplm.runs.recipe.Distillation`): every batch trains full
   depth on the labels and N = 2 and 4 on half labels, half the full-depth
   model's detached predictions (`sandwich`); variants weight the coarse terms
   more heavily (`sandwich_heavy`), add hidden-state distillation

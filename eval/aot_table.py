@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-from odeplm.topology import Topology
+from odeplm.training.topology import Topology
 
 flags.DEFINE_string("out", "results/aot", "directory for one JSON per compile and table.md")
 flags.DEFINE_list("configs", ["gpt2_small_shared", "albert_base_shared"], "config names under configs/")

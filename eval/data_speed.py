@@ -53,10 +53,10 @@ def parse_size(text: str) -> int:
 def training_demand(topology_name: str, mfu: float) -> dict:
     """gpt2_small_shared's per-host batch, and the tokens/s one host consumes."""
     from configs import gpt2_small_shared
-    from odeplm.config import ModelConfig
-    from odeplm.metrics import forward_flops_per_token
-    from odeplm.settings import TrainSettings
-    from odeplm.topology import Topology
+    from odeplm.core.config import ModelConfig
+    from odeplm.core.flops import training_flops_per_token
+    from odeplm.runs.settings import TrainSettings
+    from odeplm.training.topology import Topology
 
     config = gpt2_small_shared.get_config()
     model, settings = ModelConfig.from_dict(config.model), TrainSettings.from_config(config)
@@ -64,7 +64,7 @@ def training_demand(topology_name: str, mfu: float) -> dict:
     chips_per_host = int(np.prod(topology.generation.chips_per_host))
     hosts = max(1, topology.chips // chips_per_host)
     nfe = min(settings.discretisation.nfe(model.depth, steps) for steps in settings.discretisation.steps or (None,))
-    flops_per_token = 3 * forward_flops_per_token(model, nfe, model.max_length)
+    flops_per_token = training_flops_per_token(model, nfe, model.max_length)
     tokens_per_second = chips_per_host * topology.generation.peak_bf16_flops * mfu / flops_per_token
     return {"config": "gpt2_small_shared", "topology": topology.name, "hosts": hosts,
             "host_batch": settings.batch_size // hosts, "length": model.max_length, "vocab_size": model.vocab_size,

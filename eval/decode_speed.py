@@ -21,9 +21,9 @@ from absl import app, flags
 from flax import nnx
 
 import odeplm
-from odeplm.generate import decode, empty_cache
-from odeplm.solvers import fixed_nfe
-from odeplm.timing import Compiled, measure, paired_ratio
+from odeplm.core.solvers import fixed_nfe
+from odeplm.evaluation.timing import Compiled, measure, paired_ratio
+from odeplm.inference.generate import decode, empty_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("width", 256, "model width")

@@ -1,48 +1,6 @@
-"""Generates text from a causal checkpoint with a KV cache, at any fixed-step solve.
+"""`python -m eval.generate`: the command `odeplm.cli.generate` (installed as `odeplm-generate`)."""
 
-    python -m eval.generate --checkpoint runs/demo --prompt "ROMEO." --solver euler --steps 2
-    python -m eval.generate --checkpoint runs/demo --prompt "KING." --prompt "Enter" --temperature 0.8 --top_p 0.9
-"""
-
-from __future__ import annotations
-
-from absl import app, flags, logging
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "pre-training workdir or checkpoint directory")
-flags.DEFINE_multi_string("prompt", ["ROMEO.\n"], "prompt text (repeat for a batch)")
-flags.DEFINE_string("solver", "euler", "fixed-step solver")
-flags.DEFINE_integer("steps", None, "steps per segment (default: the training steps)")
-flags.DEFINE_integer("max_new_tokens", 64, "tokens to generate per prompt")
-flags.DEFINE_float("temperature", 0.0, "0 for greedy")
-flags.DEFINE_integer("top_k", 0, "sample from the k most likely tokens (0: all)")
-flags.DEFINE_float("top_p", 1.0, "sample from the smallest set with this probability")
-flags.DEFINE_integer("seed", 0, "sampling seed")
-flags.mark_flags_as_required(["checkpoint"])
-
-
-def main(argv):
-    del argv
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax logs every item it restores at INFO
-    import odeplm
-    from odeplm.generate import Sampling, generate
-    from odeplm.solvers import fixed_nfe, plan_label
-
-    loaded = odeplm.load(FLAGS.checkpoint)
-    if loaded.tokenizer is None:
-        raise app.UsageError(f"{FLAGS.checkpoint} holds no tokenizer")
-    prompts = [text.replace("\\n", "\n") for text in FLAGS.prompt]
-    depth = loaded.model.config.depth
-    plan = odeplm.plan_solves(depth, odeplm.Solve(FLAGS.solver, FLAGS.steps))
-    outputs = generate(
-        loaded.model, [loaded.tokenizer.encode(p) for p in prompts], max_new_tokens=FLAGS.max_new_tokens,
-        solve=plan, sampling=Sampling(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), seed=FLAGS.seed,
-    )
-    label = f"{plan_label(plan)} (NFE {fixed_nfe(depth, plan)})"
-    for prompt, ids in zip(prompts, outputs):
-        print(f"--- {label}\n{prompt}{loaded.tokenizer.decode(ids)}")
-
+from odeplm.cli.generate import entry
 
 if __name__ == "__main__":
-    app.run(main)
+    entry()

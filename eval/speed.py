@@ -20,8 +20,8 @@ from absl import app, flags
 from flax import nnx
 
 import odeplm
-from odeplm.block import attention_mask
-from odeplm.timing import compile_timed, measure, paired_ratio
+from odeplm.core.block import attention_mask
+from odeplm.evaluation.timing import compile_timed, measure, paired_ratio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("width", 256, "model width")

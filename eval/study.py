@@ -14,7 +14,7 @@ is made from a trained model by
     python -m train.pretrain --config configs/study.py:NAME --workdir runs/study/NAME
     python -m eval.study --evaluate NAME --workdir runs/study
 
-which runs the model's accuracy-versus-speed grid (`eval.grids.accelerate`:
+which runs the model's accuracy-versus-speed grid (`odeplm.evaluation.checkpoint_grid.accelerate`:
 every point on the same validation batches, latencies timed interleaved) and
 keeps what the tables need, with the training cost per step from its metrics.
 """
@@ -28,8 +28,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import study as study_configs
-from odeplm.report import markdown
-from odeplm.solvers import SOLVERS
+from odeplm.core.solvers import SOLVERS
+from odeplm.evaluation.report import markdown
 
 flags.DEFINE_string("table", None, "search, recipes, seeds, solvers, masked or latency")
 flags.DEFINE_list("evaluate", [], "models of configs/study.py whose result files to (re)make from --workdir")
@@ -56,7 +56,7 @@ def equal_nfe(nfe: int) -> tuple[str, ...]:
 
 def evaluate(name: str) -> dict:
     """The result file of one trained model: its grid and its training cost."""
-    from eval.grids import accelerate
+    from odeplm.evaluation.checkpoint_grid import accelerate
 
     workdir = os.path.join(FLAGS.workdir, name)
     solvers = GRID_SOLVERS + (("ln_euler",) if name.startswith("masked_post") else ())

@@ -22,10 +22,11 @@ from absl import app, flags
 from flax import nnx
 
 import odeplm
-from odeplm.metrics import forward_flops_per_token, measure_matmul_peak
-from odeplm.optim import learning_rate_schedule, make_optimizer
-from odeplm.timing import compile_timed, measure
-from odeplm.program import train_step
+from odeplm.core.flops import training_flops_per_token
+from odeplm.evaluation.timing import compile_timed, measure
+from odeplm.training.metrics import measure_matmul_peak
+from odeplm.training.optim import learning_rate_schedule, make_optimizer
+from odeplm.training.program import train_step
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("width", 512, "model width")
@@ -58,7 +59,7 @@ def main(argv):
     peak = measure_matmul_peak(dtype=jnp.dtype(FLAGS.dtype))
     timing = measure({"step": compiled}, FLAGS.rounds)["step"]
     tokens_per_step = FLAGS.batch * FLAGS.seq
-    flops_per_step = 3 * forward_flops_per_token(config, config.layers, FLAGS.seq) * tokens_per_step
+    flops_per_step = training_flops_per_token(config, config.layers, FLAGS.seq) * tokens_per_step
     report = {
         "shape": {"width": FLAGS.width, "layers": FLAGS.layers, "batch": FLAGS.batch, "seq": FLAGS.seq,
                   "vocab": FLAGS.vocab, "dtype": FLAGS.dtype},

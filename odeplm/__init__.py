@@ -1,14 +1,23 @@
 """odeplm: parameter-shared language models read as neural ODEs, fast at inference.
 
-`import odeplm` brings the model core only (config, block, vector field,
-solvers, model); `odeplm.load`, `Loaded` and `CheckpointError` import orbax
-and the tokenizer when first used.
+The package is layered, each folder importing only the ones before it:
+
+- `core`: the model (config, block, vector field, solvers, the model, losses, FLOPs);
+- `data`: corpora and tasks as TFDS datasets, tokenizers, prepared token files, batches;
+- `runs`: what a run is and keeps (settings, recipe, workdir paths, lock, checkpoints);
+- `inference`: loading a checkpoint, generation, text scoring, ALBERT conversion;
+- `evaluation`: the one evaluation step, timing, the accuracy-versus-speed grid, reports;
+- `training`: the trainer, the sharded train step, the ahead-of-time proof, fine-tuning;
+- `cli`: the commands.
+
+`import odeplm` brings the model core only; `odeplm.load`, `Loaded`,
+`CheckpointError`, `generate` and `Sampling` import their layers when first used.
 """
 
 import importlib
 
-from odeplm.block import Block
-from odeplm.config import (
+from odeplm.core.block import Block
+from odeplm.core.config import (
     ConfigError,
     ModelConfig,
     Segment,
@@ -19,10 +28,11 @@ from odeplm.config import (
     sandwich,
     unshared,
 )
-from odeplm.inputs import InputError, check_inputs
-from odeplm.model import Encoder, LanguageModel, ModelOutput, SequenceClassifier, forward
-from odeplm.ode import integrate, vector_field
-from odeplm.solvers import RK4, SOLVERS, Solve, SolverError, parse_plan, plan_solves
+from odeplm.core.errors import OdeplmError, TrainingError
+from odeplm.core.inputs import InputError, check_inputs
+from odeplm.core.model import Encoder, LanguageModel, ModelOutput, SequenceClassifier, forward
+from odeplm.core.ode import integrate, vector_field
+from odeplm.core.solvers import RK4, SOLVERS, Solve, SolverError, parse_plan, plan_solves
 
 __all__ = [
     "Block",
@@ -34,16 +44,20 @@ __all__ = [
     "Loaded",
     "ModelConfig",
     "ModelOutput",
+    "OdeplmError",
     "RK4",
     "SOLVERS",
+    "Sampling",
     "Segment",
     "SequenceClassifier",
     "Solve",
     "SolverError",
+    "TrainingError",
     "check_inputs",
     "format_depth",
     "forward",
     "fully_shared",
+    "generate",
     "integrate",
     "load",
     "parse_depth",
@@ -55,7 +69,9 @@ __all__ = [
     "vector_field",
 ]
 
-_LAZY = {"CheckpointError": "odeplm.checkpoint", "Loaded": "odeplm.loading", "load": "odeplm.loading"}
+_LAZY = {"CheckpointError": "odeplm.runs.checkpoint", "Loaded": "odeplm.inference.loading",
+         "load": "odeplm.inference.loading", "Sampling": "odeplm.inference.generate",
+         "generate": "odeplm.inference.generate"}
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import odeplm  # noqa: E402
-from odeplm.albert import ConversionError, load_albert  # noqa: E402
+from odeplm.inference.albert import ConversionError, load_albert  # noqa: E402
 
 BASE = dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
             intermediate_size=3072, num_hidden_groups=1, inner_group_num=1, max_position_embeddings=512)
@@ -93,10 +93,10 @@ def test_missing_and_unknown_tensors_are_listed(tmp_path):
 
 
 def test_converted_checkpoint_loads_with_identical_outputs(tmp_path):
-    from eval.convert_albert import convert_directory
+    from odeplm.inference.albert import convert_to_checkpoint
 
     save_hf(tmp_path / "hf", **dict(SMALL, embedding_size=32, num_hidden_groups=2))
-    convert_directory(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    convert_to_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
     loaded = odeplm.load(str(tmp_path / "ckpt"))
     direct = load_albert(str(tmp_path / "hf"))
     assert loaded.config["model"]["depth"] == "2,2" and loaded.tokenizer is None and loaded.step == 0
@@ -105,16 +105,16 @@ def test_converted_checkpoint_loads_with_identical_outputs(tmp_path):
         np.testing.assert_array_equal(odeplm.forward(loaded.model, tokens, solve=solve).logits,
                                       odeplm.forward(direct, tokens, solve=solve).logits)
     with pytest.raises(odeplm.CheckpointError, match="not empty"):
-        convert_directory(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+        convert_to_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
 
 
 def test_accelerate_runs_on_a_converted_checkpoint(tmp_path, tokenizer, corpus_dir):
-    from eval.convert_albert import convert_directory
-    from eval.grids import accelerate
+    from odeplm.evaluation.checkpoint_grid import accelerate
+    from odeplm.inference.albert import convert_to_checkpoint
 
     save_hf(tmp_path / "hf", **dict(SMALL, vocab_size=tokenizer.vocab_size, embedding_size=32, num_hidden_groups=2))
     (tmp_path / "hf" / "spiece.model").write_bytes(tokenizer.proto)  # pad 0, unk 1, [CLS] 2, [SEP] 3, [MASK] 4
-    convert_directory(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
+    convert_to_checkpoint(str(tmp_path / "hf"), str(tmp_path / "ckpt"))
     report = accelerate(str(tmp_path / "ckpt"), out=str(tmp_path / "grid"), solvers=["euler", "rk4"], steps=[1, 2],
                         batches=1, batch_size=2, rounds=1, dataset="shakespeare", data_dir=corpus_dir)
     assert report["objective"] == "masked"

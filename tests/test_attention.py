@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from odeplm.block import Attention, attention_mask
-from odeplm.config import ConfigError
+from odeplm.core.block import Attention, attention_mask
+from odeplm.core.config import ConfigError
 from tests.conftest import tiny_config
 
 

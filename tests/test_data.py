@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from odeplm.data.corpus import DataError, VALIDATION_WORKS, strip_gutenberg
-from odeplm.data.sources import text_source
+from odeplm.core.special_ids import MASK, PAD
+from odeplm.data.corpus import VALIDATION_WORKS, DataError, strip_gutenberg
 from odeplm.data.pipeline import Batches
+from odeplm.data.sources import text_source
 from odeplm.data.tokenizer import Tokenizer
-from odeplm.special_ids import MASK, PAD
 
 
 def test_strip_gutenberg_keeps_only_the_work():

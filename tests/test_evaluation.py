@@ -19,18 +19,19 @@ from flax import nnx
 
 import odeplm
 from configs import tiny
+from odeplm.cli import parse_steps
+from odeplm.core.inputs import InputError
+from odeplm.core.model import truncated
+from odeplm.core.special_ids import EOS, MASK
 from odeplm.data.corpus import DataError
 from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
-from odeplm.special_ids import EOS, MASK
-from eval import grids
-from eval.grids import accelerate, parse_steps
-from odeplm.generate import generate
-from odeplm.grid import grid_points, pareto_front
-from odeplm.model import truncated
-from odeplm.report import loss_range
-from odeplm.inputs import InputError
-from odeplm.trainer import Trainer
+from odeplm.evaluation.checkpoint_grid import accelerate
+from odeplm.evaluation.grid import grid_points, pareto_front
+from odeplm.evaluation.report import loss_range
+from odeplm.inference.generate import generate
+from odeplm.training.finetune import finetune_checkpoint
+from odeplm.training.trainer import Trainer
 from tests.conftest import tiny_model
 
 
@@ -180,7 +181,7 @@ def test_truncation_of_a_partially_shared_model_is_its_first_layers_written_out(
     cut = truncated(model, 3)
     assert odeplm.format_depth(cut.config.depth) == "2,1"
     encoder = model.encoder
-    mask = odeplm.block.attention_mask(np.ones(tokens.shape, bool), causal=True)
+    mask = odeplm.core.block.attention_mask(np.ones(tokens.shape, bool), causal=True)
     h = encoder.embeddings(tokens, None, None)
     for block in (encoder.blocks[0], encoder.blocks[0], encoder.blocks[1]):  # Euler at tau = 1 is the layer map
         h = block(h, mask)
@@ -250,7 +251,7 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
 # --- fine-tuning --------------------------------------------------------------------------------------------
 
 def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpus_dir, tmp_path):
-    report = grids.finetune(masked, task="sample", out=str(tmp_path), solvers=["euler", "rk4"], steps=[1, 2],
+    report = finetune_checkpoint(masked, task="sample", out=str(tmp_path), solvers=["euler", "rk4"], steps=[1, 2],
                                  epochs=15, batch_size=16, learning_rate=3e-3, data_dir=corpus_dir)
     assert report["train_examples"] == 128 and report["test_examples"] == 32
     assert report["last_loss"] < report["first_loss"] - 0.3
@@ -259,12 +260,12 @@ def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpu
     with open(tmp_path / "finetune.json") as f:
         assert json.load(f)["points"] == report["points"]
     with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
-        grids.finetune(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
+        finetune_checkpoint(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
     with pytest.raises(DataError, match="unknown task"):
-        grids.finetune(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
+        finetune_checkpoint(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
 
-    from odeplm.finetune import accuracy, classification_inputs, finetune
-    from odeplm.recipe import Discretisation
+    from odeplm.runs.recipe import Discretisation
+    from odeplm.training.finetune import accuracy, classification_inputs, finetune
 
     loaded, data = odeplm.load(masked), load_labelled("sample", corpus_dir)
     classifier, losses = finetune(loaded.model, loaded.tokenizer, data, discretisation=Discretisation(), epochs=15,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from odeplm.generate import Sampling, generate
-from odeplm.solvers import SolverError
+from odeplm.core.solvers import SolverError
+from odeplm.inference.generate import Sampling, generate
 from tests.conftest import tiny_model
 
 
@@ -72,8 +72,8 @@ def test_cached_logits_match_recomputation_at_every_position(model, solve):
     import jax
     import jax.numpy as jnp
 
-    from odeplm.generate import decode, empty_cache
-    from odeplm.solvers import plan_solves
+    from odeplm.core.solvers import plan_solves
+    from odeplm.inference.generate import decode, empty_cache
 
     solves = plan_solves(model.config.depth, solve)
     sequence = np.random.default_rng(0).integers(5, 64, 16).astype(np.int32)

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 import odeplm
-from odeplm.block import attention_mask
-from odeplm.model import _forward
+from odeplm.core.block import attention_mask
+from odeplm.core.model import _forward
 from tests.conftest import tiny_model
 
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from odeplm.topology import GENERATIONS, Topology, TopologyError
+from odeplm.training.topology import GENERATIONS, Topology, TopologyError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,10 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEMORY_BY_MESH = """
 import json, sys
 from configs import tiny
-from odeplm.config import ModelConfig
-from odeplm.program import TrainProgram
-from odeplm.settings import TrainSettings
-from odeplm.sharding import make_mesh
+from odeplm.core.config import ModelConfig
+from odeplm.training.program import TrainProgram
+from odeplm.runs.settings import TrainSettings
+from odeplm.core.sharding import make_mesh
 config = tiny.get_config()
 config.model.update(json.loads(sys.argv[1]))
 config.train.update(batch_size=16, step_counts="", step_weights="")
@@ -75,10 +75,10 @@ def test_remat_policies_give_the_same_step():
     code = """
 import jax, numpy as np
 from configs import tiny
-from odeplm.config import ModelConfig
-from odeplm.program import TrainProgram
-from odeplm.settings import TrainSettings
-from odeplm.sharding import make_mesh
+from odeplm.core.config import ModelConfig
+from odeplm.training.program import TrainProgram
+from odeplm.runs.settings import TrainSettings
+from odeplm.core.sharding import make_mesh
 results = []
 for remat in ("none", "full", "dots"):
     config = tiny.get_config()

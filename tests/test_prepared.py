@@ -9,13 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from odeplm.config import ConfigError
+from odeplm.core.config import ConfigError
+from odeplm.core.special_ids import EOS
 from odeplm.data.corpus import DataError
-from odeplm.data.sources import text_source
 from odeplm.data.pipeline import split_batches
-from odeplm.data.prepared import (TokenFiles, TokenWindows, dataset_root, dataset_tokenizer, prepare_split,
-                                  split_directory)
-from odeplm.special_ids import EOS
+from odeplm.data.prepared import (
+    TokenFiles,
+    TokenWindows,
+    dataset_root,
+    dataset_tokenizer,
+    prepare_split,
+    split_directory,
+)
+from odeplm.data.sources import text_source
 
 
 @pytest.fixture(scope="module")

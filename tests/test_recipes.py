@@ -8,13 +8,12 @@ import optax
 import pytest
 from flax import nnx
 
-from odeplm.generate import generate
-from odeplm.model import forward
-from odeplm.objectives import training_loss
-from odeplm.recipe import Discretisation, Distillation
-from odeplm.config import ConfigError, parse_depth
-from odeplm.solvers import Solve
-from odeplm.solvers import SolverError, plan_solves
+from odeplm.core.config import ConfigError, parse_depth
+from odeplm.core.model import forward
+from odeplm.core.solvers import Solve, SolverError, plan_solves
+from odeplm.inference.generate import generate
+from odeplm.runs.recipe import Discretisation, Distillation
+from odeplm.training.objectives import training_loss
 from tests.conftest import tiny_model
 
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 import odeplm
 from odeplm import Solve, SolverError
-from odeplm.block import attention_mask
+from odeplm.core.block import attention_mask
 
 
 @pytest.mark.parametrize(

@@ -10,15 +10,14 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from flax import nnx
 
 import odeplm
+from odeplm.core.losses import row_cross_entropy
+from odeplm.core.solvers import plan_solves
+from odeplm.core.special_ids import PAD
 from odeplm.data.corpus import DataError
 from odeplm.data.pipeline import Batches, split_batches
-from odeplm.data.prepared import (ExampleRecords, TokenFiles, dataset_tokenizer, encode_example, prepare,
-                                  write_manifest)
+from odeplm.data.prepared import ExampleRecords, TokenFiles, dataset_tokenizer, encode_example, prepare, write_manifest
 from odeplm.data.tasks import HOP_DIGITS, LETTERS, NONE, VOCABULARY, KHopOptions, khop_examples
-from odeplm.evaluate import PointProgram, token_metrics
-from odeplm.objectives import row_cross_entropy
-from odeplm.special_ids import PAD
-from odeplm.solvers import plan_solves
+from odeplm.evaluation.point import PointProgram, token_metrics
 
 TINY_KHOP = "khop?alphabet=3&length=24&hops=1-3&train=96&validation=40&seed=7"
 
@@ -145,8 +144,8 @@ def test_training_on_a_task_honours_its_targets_weights_and_groups(tmp_path):
     """The first training step's loss is the loss of the record's own targets at its own
     weights, computed by numpy from the initial model; validation reports each group."""
     from configs import tiny
-    from odeplm.program import BATCH_FIELDS
-    from odeplm.trainer import Trainer
+    from odeplm.training.program import BATCH_FIELDS
+    from odeplm.training.trainer import Trainer
 
     config = tiny.get_config()
     config.data.update(dataset=TINY_KHOP, data_dir=str(tmp_path / "data"))

@@ -23,14 +23,15 @@ from flax import nnx
 
 import odeplm
 from configs import tiny
+from odeplm.core.config import ConfigError
+from odeplm.core.errors import TrainingError
+from odeplm.core.flops import training_flops_per_token
+from odeplm.core.sharding import MeshError
 from odeplm.data.pipeline import split_batches
-from odeplm.checkpoint import CheckpointError
-from odeplm.config import ConfigError
-from odeplm.metrics import forward_flops_per_token
-from odeplm.settings import TrainSettings
-from odeplm.sharding import MeshError
-from odeplm.trainer import Trainer, TrainingError
-from odeplm.workdir_lock import WorkdirBusy
+from odeplm.runs.checkpoint import CheckpointError
+from odeplm.runs.lock import WorkdirBusy
+from odeplm.runs.settings import TrainSettings
+from odeplm.training.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -393,7 +394,7 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
 
 
 def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
-    from odeplm.report import show_outputs, validation_table
+    from odeplm.evaluation.report import show_outputs, validation_table
 
     config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
                          train=dict(log_every=5, step_counts="2,4"))
@@ -407,7 +408,7 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     peaks, config = [], trainer.model_config
     for window in (rows[i:i + 5] for i in range(0, 40, 5)):
         assert len({(r["mfu"], r["tokens_per_second"]) for r in window}) == 1
-        flops = np.mean([3 * forward_flops_per_token(config, int(r["nfe"]), config.max_length) for r in window])
+        flops = np.mean([training_flops_per_token(config, int(r["nfe"]), config.max_length) for r in window])
         peaks.append(window[0]["tokens_per_second"] * flops / window[0]["mfu"])
     np.testing.assert_allclose(peaks, peaks[0], rtol=1e-9)
     assert {r["nfe"] for r in rows} == {2, 4}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from odeplm.workdir_lock import WorkdirBusy, WorkdirLock
+from odeplm.runs.lock import WorkdirBusy, WorkdirLock
 
 
 def _write_lock(workdir, **holder):

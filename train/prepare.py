@@ -1,52 +1,6 @@
-"""Tokenizes a run's dataset once, before training: the tokenizer (trained on a
-bounded sample of the training split), then every split as sharded
-array_record token files, by parallel workers. Run it on one host (its workers
-use that host's cores); run it again to resume an interrupted prepare; a
-finished split is left as it is.
+"""`python -m train.prepare`: the command `odeplm.cli.prepare` (installed as `odeplm-prepare`)."""
 
-    python -m train.prepare --config configs/demo.py
-    python -m train.prepare --config configs/gpt2_small_shared.py --config.data.dataset=c4/en \\
-        --config.data.data_dir=/mnt/data --config.data.shards=1024 --config.data.workers=64
-
-TFDS datasets are first built by TFDS itself (`tfds build c4/en --data_dir ...
---file_format array_record`). Exit status 2 for bad input.
-"""
-
-from __future__ import annotations
-
-import sys
-import time
-
-from absl import app, flags, logging
-
-from train import config_flag
-
-flags.mark_flags_as_required(["config"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.ERROR)
-    from odeplm.config import ConfigError
-    from odeplm.data.corpus import DataError
-    from odeplm.data.prepared import prepare
-    from odeplm.settings import TrainSettings
-
-    config = FLAGS.config
-    start = time.perf_counter()
-    try:
-        settings = TrainSettings.from_config(config)
-        prepared = prepare(settings.dataset, settings.data_dir, config.model.vocab_size, shards=settings.shards,
-                           workers=settings.workers, sample_characters=settings.tokenizer_characters,
-                           kind=settings.tokenizer)
-    except (ConfigError, DataError) as error:
-        print(f"train.prepare: {error}", file=sys.stderr)
-        sys.exit(2)
-    for split, files in prepared.items():
-        print(f"{settings.dataset} {split}: {files.tokens:,} tokens in {len(files.shards)} shards at {files.directory}")
-    print(f"prepared in {time.perf_counter() - start:.1f} s")
-
+from odeplm.cli.prepare import entry
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=config_flag.parse)
+    entry()

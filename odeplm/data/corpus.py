@@ -16,6 +16,8 @@ import re
 
 import tensorflow_datasets as tfds
 
+from odeplm.core.errors import OdeplmError
+
 # Whole plays held out for validation: the splits share no text.
 VALIDATION_WORKS = ("julius_caesar", "macbeth", "twelfth_night", "winters_tale")
 
@@ -24,7 +26,7 @@ _GUTENBERG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End 
                             re.MULTILINE | re.IGNORECASE)
 
 
-class DataError(ValueError):
+class DataError(OdeplmError):
     """A dataset that cannot be built or read: missing files, unknown names, empty splits."""
 
 

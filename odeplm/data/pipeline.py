@@ -20,10 +20,10 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from odeplm.core.special_ids import MASK, PAD
 from odeplm.data.prepared import ExampleRecords, TokenFiles, TokenWindows, prepare_split
 from odeplm.data.sources import builds_locally
 from odeplm.data.tokenizer import Symbols, Tokenizer
-from odeplm.special_ids import MASK, PAD
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

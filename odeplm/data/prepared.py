@@ -34,11 +34,11 @@ import grain
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
-from odeplm.config import ConfigError
+from odeplm.core.config import ConfigError
+from odeplm.core.special_ids import EOS, PAD
 from odeplm.data.corpus import DataError
 from odeplm.data.sources import example_source, group_name, is_task, task_vocabulary, text_source
 from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
-from odeplm.special_ids import EOS, PAD
 
 RECORD_TOKENS = 4096
 # Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.

@@ -25,9 +25,9 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
+from odeplm.core.special_ids import PAD
 from odeplm.data.corpus import DataError
 from odeplm.data.tokenizer import Symbols
-from odeplm.special_ids import PAD
 
 NONE = "~"
 HOP_DIGITS = "0123456789ABCDEF"  # the hop-count token of k hops is HOP_DIGITS[k]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-from odeplm.special_ids import BOS, EOS, MASK, PAD, UNK
+from odeplm.core.special_ids import BOS, EOS, MASK, PAD, UNK
 
 SPECIAL_COUNT = MASK + 1  # pad, unk, bos, eos, [MASK]
 

@@ -1,0 +1,80 @@
+"""One run per workdir: a lock file that names its holder.
+
+A second run on a busy workdir would replace the first one's checkpoints and
+interleave its metrics, so a run takes `WORKDIR/lock.json` (host, pid, start,
+heartbeat) before it writes anything and gives it back when it stops, SIGTERM
+and Ctrl-C included. A lock left by a run that died is stale: on the same host
+when its process is gone, on another host (a pod restarted elsewhere) when its
+heartbeat, refreshed at every logging window, is older than `stale_after`.
+Only process 0 of a multi-process run holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+from odeplm.core.errors import OdeplmError
+from odeplm.runs.paths import run_path
+
+log = logging.getLogger("odeplm")
+
+
+class WorkdirBusy(OdeplmError):
+    """Another live run holds the workdir (a usage error: the command names one workdir per run)."""
+
+
+class WorkdirLock:
+    def __init__(self, workdir: str, *, stale_after: float = 900.0):
+        self.path = run_path(workdir) / "lock.json"
+        self.stale_after = stale_after
+        self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+
+    def acquire(self):
+        """Takes the lock, or raises WorkdirBusy naming the live holder."""
+        if self.path.exists():
+            holder = self._holder()
+            if holder is not None and not self._stale(holder) and not self._is_mine(holder):
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+                raise WorkdirBusy(f"{self.path.parent} is in use by pid {holder.get('pid')} on "
+                                  f"{holder.get('host')} since {since} ({self.path}); stop that run or give this one "
+                                  f"another --workdir")
+            if holder is not None and not self._is_mine(holder):
+                log.warning("taking over the stale lock of pid %s on %s (%s)", holder.get("pid"), holder.get("host"),
+                            self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.refresh()
+
+    def refresh(self):
+        """Rewrites the heartbeat (written whole, then renamed, so readers never see half a file)."""
+        temporary = self.path.parent / f"lock.json.{self.mine['pid']}.tmp"
+        temporary.write_text(json.dumps({**self.mine, "heartbeat": time.time()}))
+        temporary.replace(self.path)
+
+    def release(self):
+        holder = self._holder() if self.path.exists() else None
+        if holder is not None and self._is_mine(holder):
+            self.path.unlink()
+
+    def _holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable: no holder to protect
+
+    def _is_mine(self, holder: dict) -> bool:
+        return holder.get("host") == self.mine["host"] and holder.get("pid") == self.mine["pid"]
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") == self.mine["host"]:
+            try:
+                os.kill(int(holder["pid"]), 0)
+            except ProcessLookupError:
+                return True
+            except (PermissionError, KeyError, TypeError, ValueError):
+                return False  # alive under another user, or unreadable: do not take it
+            return False
+        return time.time() - float(holder.get("heartbeat", 0)) > self.stale_after

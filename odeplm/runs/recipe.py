@@ -1,0 +1,136 @@
+"""The training discretisation: which solver and how many steps each batch uses,
+and the sandwich rule that trains coarse step counts beside full depth.
+
+Fixed N reproduces ordinary training (N = L, tau = 1) or trains with smaller
+steps; a list of step counts, optionally weighted, draws N per batch from
+(seed, step) alone, so every host draws the same N and a resumed run draws what
+the uninterrupted run drew. A drawn N is the step count of every segment over
+its span (tau = span / N; mode "span"), or N steps of the segment's own step
+size (mode "depth": a shallower or deeper model, free with shared weights, as
+Huginn draws its recurrence). A curriculum climbs through the step counts,
+smallest first, over its first steps, then draws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from odeplm.core.config import ConfigError, DepthPlan
+from odeplm.core.solvers import SOLVERS, Solve, SolvePlan, fixed_nfe
+
+
+def _numbers(field: str, text: str, kind: type) -> tuple:
+    try:
+        return tuple(kind(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise ConfigError(field, f"expected comma-separated {what}, got {text!r}") from None
+
+
+MODES = ("span", "depth")
+
+
+@dataclasses.dataclass(frozen=True)
+class Discretisation:
+    solver: str = "euler"
+    steps: tuple[int, ...] = ()  # empty: each segment's training steps from the depth plan
+    weights: tuple[float, ...] = ()  # empty: uniform over `steps`
+    mode: str = "span"  # a drawn N: N steps over the span ("span") or N steps of the trained step size ("depth")
+    curriculum: int = 0  # training steps over which N climbs through the step counts; 0: none
+
+    def __post_init__(self):
+        if self.solver not in SOLVERS:
+            raise ConfigError("train.solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
+            raise ConfigError("train.step_counts", f"step counts must be positive integers, got {self.steps}")
+        if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0 or sum(self.weights) <= 0):
+            raise ConfigError("train.step_weights", f"need one non-negative weight per step count {self.steps}, "
+                                                    f"got {self.weights}")
+        if self.mode not in MODES:
+            raise ConfigError("train.step_mode", f"must be one of {MODES}, got {self.mode!r}")
+        if isinstance(self.curriculum, bool) or not isinstance(self.curriculum, int) or self.curriculum < 0:
+            raise ConfigError("train.curriculum_steps", f"must be an integer >= 0, got {self.curriculum!r}")
+        if self.curriculum and len(set(self.steps)) < 2:
+            raise ConfigError("train.curriculum_steps", f"a curriculum grows N through train.step_counts; give at "
+                                                        f"least two, got {self.steps}")
+
+    @classmethod
+    def parse(cls, solver: str, steps: str, weights: str, mode: str = "span",
+              curriculum: int = 0) -> "Discretisation":
+        """From config strings: steps `"12"` or `"2,3,4,6,12"`, weights `"1,1,1,1,4"`."""
+        return cls(solver, _numbers("train.step_counts", steps, int), _numbers("train.step_weights", weights, float),
+                   mode, curriculum)
+
+    def draw(self, seed: int, step: int) -> int | None:
+        """The step count for training step `step` (None: the depth plan's own): during the
+        curriculum each count in increasing order for an equal share of its steps, then drawn."""
+        if not self.steps:
+            return None
+        if step < self.curriculum:
+            ladder = sorted(set(self.steps))
+            return ladder[len(ladder) * step // self.curriculum]
+        if len(self.steps) == 1:
+            return self.steps[0]
+        p = np.asarray(self.weights or [1.0] * len(self.steps), np.float64)
+        rng = np.random.default_rng([seed, step, 0x5EED])
+        return int(self.steps[rng.choice(len(self.steps), p=p / p.sum())])
+
+    def solves(self, depth: DepthPlan, steps: int | None) -> SolvePlan:
+        """The solve plan of a drawn step count: over each segment's span, or (depth mode)
+        at each segment's own step size, over N of them."""
+        if steps is not None and self.mode == "depth":
+            return tuple(Solve(self.solver, steps, span=steps * segment.tau) for segment in depth)
+        return tuple(Solve(self.solver, steps or segment.steps) for segment in depth)
+
+    def nfe(self, depth: DepthPlan, steps: int | None) -> int:
+        """Block evaluations of one forward pass at a drawn step count."""
+        return fixed_nfe(depth, self.solves(depth, steps))
+
+
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """The sandwich rule with in-place distillation over step counts (slimmable
+    networks, BigNAS): every batch trains the training discretisation on the
+    labels and each of `steps` (per segment, smallest first) on a target that mixes
+    the labels (`label_weight`) with the full-depth model's detached predictions.
+    `weights` scale each coarse term against the full-depth one; `hidden_weight`
+    adds the mean squared distance to the full-depth final hidden states. The
+    coarse terms run `solver` (empty: the training solver), so a model can be
+    taught to be accurate under a higher-order method at few steps.
+    """
+
+    steps: tuple[int, ...] = ()  # empty: off
+    weights: tuple[float, ...] = ()  # empty: 1 each
+    label_weight: float = 0.5
+    hidden_weight: float = 0.0
+    solver: str = ""
+
+    def __post_init__(self):
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
+            raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
+        if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
+            raise ConfigError("train.distill_weights", f"need one non-negative weight per step count {self.steps}, "
+                                                       f"got {self.weights}")
+        if not 0.0 <= self.label_weight <= 1.0:
+            raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
+        if not 0.0 <= self.hidden_weight < float("inf"):
+            raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
+        if self.solver and self.solver not in SOLVERS:
+            raise ConfigError("train.distill_solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
+
+    @classmethod
+    def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
+              solver: str = "") -> "Distillation":
+        """From config strings: steps `"2,4"`, weights `"1,1"`."""
+        return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
+                   float(label_weight), float(hidden_weight), solver)
+
+    def terms(self) -> tuple[tuple[int, float], ...]:
+        """(step count, weight) of each coarse term."""
+        return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))
+
+    def coarse_solves(self, depth: DepthPlan, training_solver: str) -> tuple[SolvePlan, ...]:
+        """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment."""
+        return tuple(tuple(Solve(self.solver or training_solver, n) for _ in depth) for n in self.steps)

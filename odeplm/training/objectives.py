@@ -1,0 +1,40 @@
+"""The training objective: the loss at the drawn solve, plus the sandwich rule's
+coarse solves trained beside full depth on labels mixed with its predictions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array
+
+from odeplm.core.losses import batch_loss
+from odeplm.core.solvers import SolvePlan
+from odeplm.runs.recipe import Distillation
+
+
+def training_loss(model, batch: dict, *, solves: SolvePlan, coarse: tuple[SolvePlan, ...] = (),
+                  distillation: Distillation = Distillation(), key=None) -> tuple[Array, dict]:
+    """(summed objective, sums) on one batch: the loss at `solves` on the labels,
+    plus each coarse solve on labels mixed with the detached full-depth
+    predictions (see `Distillation`). The sums hold the full-depth loss, weight,
+    correct predictions, the coarse solves' label losses and the NFE of all terms."""
+    keys = [None] * (len(coarse) + 1) if key is None else list(jax.random.split(key, len(coarse) + 1))
+    loss, weight, correct, full = batch_loss(model, batch, solves=solves, key=keys[0])
+    objective, nfe, coarse_losses = loss, full.nfe, []
+    if coarse:
+        teacher = jax.lax.stop_gradient(jax.nn.softmax(full.logits.astype(jnp.float32), axis=-1))
+        teacher_hidden = jax.lax.stop_gradient(full.hidden.astype(jnp.float32))
+    for plan, (_, term_weight), term_key in zip(coarse, distillation.terms(), keys[1:]):
+        label_loss, _, _, out = batch_loss(model, batch, solves=plan, key=term_key)
+        soft = optax.softmax_cross_entropy(out.logits.astype(jnp.float32), teacher)
+        mix = distillation.label_weight
+        term = mix * label_loss + (1 - mix) * jnp.sum(soft * batch["weights"])
+        if distillation.hidden_weight:
+            squares = jnp.mean(jnp.square(out.hidden.astype(jnp.float32) - teacher_hidden), axis=-1)
+            term += distillation.hidden_weight * jnp.sum(squares * batch["weights"])
+        objective += term_weight * term
+        nfe += out.nfe
+        coarse_losses.append(label_loss)
+    return objective, {"loss": loss, "weight": weight, "correct": correct, "nfe": nfe,
+                       "coarse_losses": jnp.stack(coarse_losses) if coarse else jnp.zeros(0)}
