@@ -10,11 +10,11 @@ on v5e-16 it needs --config.train.grad_accum=4 (8.05 GiB; README's pod table):
         --config.data.dataset=wikipedia/20230601.en --config.data.data_dir=/mnt/data --config.mesh.fsdp=16
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 
 def get_config():
-    config = base.get_config()
+    config = default_config()
     config.model.update(vocab_size=30000, width=768, heads=12, mlp_width=3072, max_length=512, embedding_size=128,
                         type_vocab_size=2, norm="post", objective="masked", depth="12", layer_norm_eps=1e-12,
                         dtype="bfloat16")

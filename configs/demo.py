@@ -5,11 +5,11 @@ evaluated across solvers and step counts.
     python -m train.pretrain --config configs/demo.py --workdir runs/demo
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 
 def get_config():
-    config = base.get_config()
+    config = default_config()
     config.model.update(vocab_size=1024, width=128, heads=4, mlp_width=512, max_length=128, embedding_size=128,
                         depth="6")
     config.train.update(steps=1500, batch_size=32, learning_rate=2e-3, warmup_steps=100, log_every=20,

@@ -9,11 +9,11 @@ over 12 steps, random step counts. On v5e-16 (data 2 x fsdp 8: 8.36 GiB of
         --config.data.dataset=c4/en --config.data.data_dir=/mnt/data --config.mesh.fsdp=8
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 
 def get_config():
-    config = base.get_config()
+    config = default_config()
     config.model.update(vocab_size=32000, width=768, heads=12, mlp_width=3072, max_length=1024, embedding_size=768,
                         norm="pre", objective="causal", depth="12", dtype="bfloat16")
     config.train.update(steps=100_000, batch_size=512, learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1,

@@ -25,7 +25,7 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   (`depth8_lr5e-4`).
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
 _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
@@ -49,7 +49,7 @@ def get_config(name: str = "depth8"):
     if model_name not in MODELS:
         raise ValueError(f"unknown k-hop model {model_name!r}; known: {sorted(MODELS)}, each optionally _seedK")
     model, train = MODELS[model_name]
-    config = base.get_config()
+    config = default_config()
     config.seed = int(seed)
     config.data.update(dataset=DATASET, record_index="in_memory")  # a 1 MB index: read fast
     config.model.update(vocab_size=48, width=128, heads=4, mlp_width=512, max_length=80, embedding_size=128,

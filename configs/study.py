@@ -27,7 +27,7 @@ L = 8 block applications. The names:
 `NAME_seedK` is model NAME trained with seed K (initialisation and data order).
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 _SANDWICH = dict(distill_steps="2,4")
 _POST_LN = dict(learning_rate=1e-3, warmup_steps=200)  # Post-LN's gradients near the output are large early on
@@ -60,7 +60,7 @@ def get_config(name: str = "depth8"):
     if model_name not in MODELS:
         raise ValueError(f"unknown study model {model_name!r}; known: {sorted(MODELS)}, each optionally _seedK")
     model, train = MODELS[model_name]
-    config = base.get_config()
+    config = default_config()
     config.seed = int(seed)
     config.data.tokenizer = "char"
     config.model.update(vocab_size=89, width=64, heads=4, mlp_width=256, max_length=128, embedding_size=64,

@@ -3,11 +3,11 @@
     python -m train.pretrain --config configs/tiny.py --workdir /tmp/tiny
 """
 
-from configs import base
+from odeplm.runs.settings import default_config
 
 
 def get_config():
-    config = base.get_config()
+    config = default_config()
     config.model.update(vocab_size=512, width=32, heads=2, mlp_width=64, max_length=32, embedding_size=32,
                         depth="4")
     config.train.update(steps=40, batch_size=8, learning_rate=3e-3, warmup_steps=5, log_every=5, eval_batches=2)
