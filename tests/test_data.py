@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from odeplm.core.special_ids import MASK, PAD
-from odeplm.data.corpus import VALIDATION_WORKS, DataError, strip_gutenberg
+from odeplm.data import DataError
+from odeplm.data.corpus import VALIDATION_WORKS, strip_gutenberg
 from odeplm.data.pipeline import Batches
 from odeplm.data.sources import text_source
 from odeplm.data.tokenizer import Tokenizer
@@ -122,7 +123,7 @@ def test_batches_depend_only_on_seed_step_and_process_slice(objective):
         for epoch in drawn[:37], drawn[37:74]:
             assert sorted(map(tuple, epoch)) == sorted(map(tuple, rows))
         assert not np.array_equal(drawn[:37], drawn[37:74])
-    with pytest.raises(ValueError, match="does not split over 3 processes"):
+    with pytest.raises(DataError, match="does not split over 3 processes"):
         batches.batch(0, 0, 3)
 
 

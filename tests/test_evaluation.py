@@ -23,7 +23,7 @@ from odeplm.cli import parse_steps
 from odeplm.core.inputs import InputError
 from odeplm.core.model import truncated
 from odeplm.core.special_ids import EOS, MASK
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
 from odeplm.evaluation.checkpoint_grid import accelerate
@@ -212,9 +212,9 @@ def test_grid_errors_name_the_problem(causal, corpus_dir, tmp_path):
     (tmp_path / "notes").mkdir()
     with pytest.raises(odeplm.CheckpointError, match="notes is neither a pre-training workdir nor a checkpoint"):
         accelerate(str(tmp_path / "notes"), data_dir=corpus_dir)
-    with pytest.raises(ValueError, match="checkpoints is a checkpoint directory, .* pass --out"):
+    with pytest.raises(odeplm.CheckpointError, match="checkpoints is a checkpoint directory, .* pass --out"):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
-    with pytest.raises(ValueError, match="not a pre-training workdir; pass --out"):
+    with pytest.raises(odeplm.CheckpointError, match="not a pre-training workdir; pass --out"):
         accelerate(os.path.join(causal, "checkpoints"), data_dir=corpus_dir)
 
     assert parse_steps(["1", "2"]) == [1, 2] and parse_steps(None) is None
@@ -259,7 +259,7 @@ def test_finetuning_learns_the_shipped_set_and_reports_every_solve(masked, corpu
     assert [p["nfe"] for p in report["points"]] == [4, 1, 2, 4, 8]
     with open(tmp_path / "finetune.json") as f:
         assert json.load(f)["points"] == report["points"]
-    with pytest.raises(ValueError, match="epochs and batch_size must be positive"):
+    with pytest.raises(InputError, match="epochs and batch_size must be positive"):
         finetune_checkpoint(masked, task="sample", out=str(tmp_path / "bad"), epochs=0, data_dir=corpus_dir)
     with pytest.raises(DataError, match="unknown task"):
         finetune_checkpoint(masked, task="no_such_task", out=str(tmp_path / "bad"), data_dir=corpus_dir)
@@ -287,7 +287,7 @@ def test_mean_pooling_ignores_padding():
     padded = np.concatenate([tokens, np.zeros((1, 7), int)], axis=1)
     np.testing.assert_allclose(odeplm.forward(classifier, padded, padded > 0).logits,
                                odeplm.forward(classifier, tokens).logits, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pooling must be one of"):
+    with pytest.raises(odeplm.ConfigError, match="pooling: must be one of"):
         odeplm.SequenceClassifier(config, 3, pooling="max", rngs=nnx.Rngs(0))
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import odeplm
 from odeplm.core.solvers import SolverError
 from odeplm.inference.generate import Sampling, generate
 from tests.conftest import tiny_model
@@ -56,14 +57,14 @@ def test_sampling_follows_the_seed_and_stops_at_the_end_token(model):
 def test_bad_generation_requests_are_refused(model):
     with pytest.raises(SolverError, match="fixed evaluation schedule.*cached=False"):
         generate(model, [[5]], max_new_tokens=2, solve="tsit5:rtol=1e-3:atol=1e-3")
-    with pytest.raises(ValueError, match="exceeds max_length 48"):
+    with pytest.raises(odeplm.InputError, match="exceeds max_length 48"):
         generate(model, [[5] * 40], max_new_tokens=9)
     assert len(generate(model, [[5] * 40, [6] * 30], max_new_tokens=8, end_token=None)[1]) == 8  # rows, not their sum
-    with pytest.raises(ValueError, match=r"ids must lie in \[0, 64\)"):
+    with pytest.raises(odeplm.InputError, match=r"ids must lie in \[0, 64\)"):
         generate(model, [[64]], max_new_tokens=2)
-    with pytest.raises(ValueError, match="at least one token"):
+    with pytest.raises(odeplm.InputError, match="at least one token"):
         generate(model, [[]], max_new_tokens=2)
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive integer, got -3"):
+    with pytest.raises(odeplm.InputError, match="max_new_tokens must be a positive integer, got -3"):
         generate(model, [[5]], max_new_tokens=-3)
 
 

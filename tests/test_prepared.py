@@ -11,7 +11,7 @@ import pytest
 
 from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import EOS
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.pipeline import split_batches
 from odeplm.data.prepared import (
     TokenFiles,

@@ -13,7 +13,7 @@ import odeplm
 from odeplm.core.losses import row_cross_entropy
 from odeplm.core.solvers import plan_solves
 from odeplm.core.special_ids import PAD
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.pipeline import Batches, split_batches
 from odeplm.data.prepared import ExampleRecords, TokenFiles, dataset_tokenizer, encode_example, prepare, write_manifest
 from odeplm.data.tasks import HOP_DIGITS, LETTERS, NONE, VOCABULARY, KHopOptions, khop_examples

@@ -35,7 +35,7 @@ class Segment:
     span: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+        if not is_count(self.steps):
             raise ConfigError("depth", f"segment steps must be a positive integer, got {self.steps!r}")
         span = float(self.steps) if self.span is None else self.span
         if isinstance(span, bool) or not isinstance(span, (int, float)) or not math.isfinite(span) or span <= 0:
@@ -226,6 +226,12 @@ class ModelConfig:
         return values
 
 
+def is_count(value: Any, minimum: int = 1) -> bool:
+    """Whether `value` is an integer (not a bool) of at least `minimum`: the rule of
+    every count, size and step number a config, solve or command takes."""
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
 def _require_int(name: str, value: Any, *, minimum: int):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_count(value, minimum):
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")

@@ -11,7 +11,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float
 
 from odeplm.core.block import ACTIVATIONS, dense, dropout, layer_norm, logical
-from odeplm.core.config import ModelConfig
+from odeplm.core.config import ConfigError, ModelConfig
 from odeplm.core.embeddings import Embeddings
 from odeplm.core.sharding import constrain
 
@@ -67,7 +67,7 @@ class ClassifierHead(nnx.Module):
     def __init__(self, config: ModelConfig, num_labels: int, *, pooling: str | None = None, rngs: nnx.Rngs):
         pooling = pooling or ("last" if config.objective == "causal" else "first")
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ConfigError("pooling", f"must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
         self.rate = config.dropout
         self.pooler = dense(config, config.width, config.width, ("embed", "heads"), rngs)

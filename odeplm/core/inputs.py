@@ -6,11 +6,14 @@ are checked there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import numpy as np
 
 from odeplm.core.config import ModelConfig
 from odeplm.core.errors import OdeplmError
+from odeplm.core.special_ids import PAD
 
 
 class InputError(OdeplmError):
@@ -19,6 +22,19 @@ class InputError(OdeplmError):
 
 def _concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def padded_rows(rows: Sequence[Sequence[int]], length: int | None = None, *,
+                left: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows of different lengths as one [rows, length] array (length: the longest
+    row's by default), padded on the right (or the left) with PAD, and the mask of real tokens."""
+    length = max(map(len, rows)) if length is None else length
+    tokens = np.full((len(rows), length), PAD, np.int32)
+    mask = np.zeros(tokens.shape, bool)
+    for i, row in enumerate(rows):
+        place = slice(length - len(row), length) if left else slice(0, len(row))
+        tokens[i, place], mask[i, place] = row, True
+    return tokens, mask
 
 
 def check_inputs(config: ModelConfig, tokens, padding_mask=None, token_types=None) -> None:

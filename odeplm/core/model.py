@@ -113,6 +113,12 @@ class SequenceClassifier(nnx.Module):
         return ModelOutput(self.head(encoded.hidden, padding_mask, key), *encoded)
 
 
+def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's structure and parameter shapes, allocating nothing: what restoring,
+    converting and sharding a model start from."""
+    return nnx.split(nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+
+
 def truncated_depth(depth: DepthPlan, layers: int) -> DepthPlan:
     """The first `layers` training steps of a depth plan, each segment keeping its step size."""
     segments, left = [], layers
@@ -128,7 +134,7 @@ def truncated_depth(depth: DepthPlan, layers: int) -> DepthPlan:
 def truncated(model: LanguageModel, layers: int) -> LanguageModel:
     """The model cut after its first `layers` training steps (early exit); blocks past the cut are dropped."""
     config = dataclasses.replace(model.config, depth=truncated_depth(model.config.depth, layers))
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+    graphdef, state = abstract_model(config)
     params = nnx.to_pure_dict(nnx.state(model))
     params["encoder"]["blocks"] = {i: params["encoder"]["blocks"][i] for i in range(len(config.depth))}
     nnx.replace_by_pure_dict(state, params)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeplm.core.config import DepthPlan
+from odeplm.core.config import DepthPlan, is_count
 from odeplm.core.errors import OdeplmError
 
 
@@ -119,6 +119,11 @@ SOLVERS: dict[str, SolverInfo] = {
 }
 
 
+def unknown_solver(name: str) -> str:
+    """What is said of a solver name that is not in the registry."""
+    return f"unknown solver {name!r}; known: {sorted(SOLVERS)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Solve:
     """How to integrate one segment: a solver with a fixed step count, or adaptively.
@@ -139,9 +144,8 @@ class Solve:
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
-            raise SolverError(f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
-                                       or self.steps <= 0):
+            raise SolverError(unknown_solver(self.solver))
+        if self.steps is not None and not is_count(self.steps):
             raise SolverError(f"steps must be a positive integer, got {self.steps!r}")
         if (self.rtol is None) != (self.atol is None):
             raise SolverError("adaptive solves need both rtol and atol")
@@ -153,7 +157,7 @@ class Solve:
                 raise SolverError(f"solver {self.solver!r} has no error estimate; adaptive solvers: {adaptive}")
             if not (0 < self.rtol < math.inf and 0 < self.atol < math.inf):
                 raise SolverError(f"tolerances must be positive and finite, got rtol={self.rtol}, atol={self.atol}")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps <= 0:
+        if not is_count(self.max_steps):
             raise SolverError(f"max_steps must be a positive integer, got {self.max_steps!r}")
         if self.span is not None:
             if isinstance(self.span, bool) or not isinstance(self.span, (int, float)) or not 0 < self.span < math.inf:

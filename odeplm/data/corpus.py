@@ -16,7 +16,7 @@ import re
 
 import tensorflow_datasets as tfds
 
-from odeplm.core.errors import OdeplmError
+from odeplm.data import DataError
 
 # Whole plays held out for validation: the splits share no text.
 VALIDATION_WORKS = ("julius_caesar", "macbeth", "twelfth_night", "winters_tale")
@@ -24,10 +24,6 @@ VALIDATION_WORKS = ("julius_caesar", "macbeth", "twelfth_night", "winters_tale")
 _GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.MULTILINE | re.IGNORECASE)
 _GUTENBERG_END = re.compile(r"^(\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg).*$",
                             re.MULTILINE | re.IGNORECASE)
-
-
-class DataError(OdeplmError):
-    """A dataset that cannot be built or read: missing files, unknown names, empty splits."""
 
 
 def strip_gutenberg(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.sources import text_source
 
 SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "genre_sample.tsv")

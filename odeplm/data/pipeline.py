@@ -21,6 +21,7 @@ import grain
 import numpy as np
 
 from odeplm.core.special_ids import MASK, PAD
+from odeplm.data import DataError
 from odeplm.data.prepared import ExampleRecords, TokenFiles, TokenWindows, prepare_split
 from odeplm.data.sources import builds_locally
 from odeplm.data.tokenizer import Symbols, Tokenizer
@@ -44,9 +45,9 @@ class Batches:
 
     def __post_init__(self):
         if self.global_batch < 1:
-            raise ValueError(f"global_batch must be positive, got {self.global_batch}")
+            raise DataError(f"global_batch must be positive, got {self.global_batch}")
         if len(self.windows) < 1:
-            raise ValueError("no windows to draw batches from")
+            raise DataError("no windows to draw batches from")
 
     def batch(self, step: int, process_index: int = 0, process_count: int = 1) -> dict[str, np.ndarray]:
         """This process's slice of the global batch at `step`."""
@@ -60,7 +61,7 @@ class Batches:
 
     def _local(self, process_count: int) -> int:
         if self.global_batch % process_count:
-            raise ValueError(f"global batch {self.global_batch} does not split over {process_count} processes")
+            raise DataError(f"global batch {self.global_batch} does not split over {process_count} processes")
         return self.global_batch // process_count
 
     def _dataset(self, local: int) -> grain.MapDataset:

@@ -36,7 +36,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 
 from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import EOS, PAD
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.sources import example_source, group_name, is_task, task_vocabulary, text_source
 from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 

@@ -19,7 +19,8 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from odeplm.data.corpus import DataError, Shakespeare, TextFiles, TextFilesConfig
+from odeplm.data import DataError
+from odeplm.data.corpus import Shakespeare, TextFiles, TextFilesConfig
 from odeplm.data.tasks import KHop, KHopConfig, KHopOptions
 from odeplm.data.tokenizer import Symbols
 

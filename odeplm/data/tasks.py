@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from odeplm.core.special_ids import PAD
-from odeplm.data.corpus import DataError
+from odeplm.data import DataError
 from odeplm.data.tokenizer import Symbols
 
 NONE = "~"

@@ -19,7 +19,9 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from odeplm.core.inputs import InputError
 from odeplm.core.special_ids import BOS, EOS, MASK, PAD, UNK
+from odeplm.data import DataError
 
 SPECIAL_COUNT = MASK + 1  # pad, unk, bos, eos, [MASK]
 
@@ -31,7 +33,7 @@ class Tokenizer:
         self.proto = model_proto
         self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
         if self.processor.piece_to_id("[MASK]") != MASK or self.processor.pad_id() != PAD:
-            raise ValueError("tokenizer: not an odeplm SentencePiece model (pad 0, [MASK] 4 expected)")
+            raise DataError("tokenizer: not an odeplm SentencePiece model (pad 0, [MASK] 4 expected)")
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, max_characters: int = 50_000_000,
@@ -39,7 +41,7 @@ class Tokenizer:
         """BPE or characters over paragraphs of `texts`, deterministic (no sampling or
         shuffling). A `char` tokenizer holds every character seen, up to `vocab_size` pieces."""
         if kind not in KINDS:
-            raise ValueError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+            raise DataError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
         buffer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=_paragraphs(texts, max_characters),
@@ -88,7 +90,7 @@ class Symbols:
 
     def __init__(self, symbols: str):
         if len(set(symbols)) != len(symbols):
-            raise ValueError(f"symbols must be distinct, got {symbols!r}")
+            raise DataError(f"symbols must be distinct, got {symbols!r}")
         self.symbols = symbols
         self._ids = {symbol: SPECIAL_COUNT + i for i, symbol in enumerate(symbols)}
 
@@ -103,7 +105,7 @@ class Symbols:
     def encode(self, text: str) -> list[int]:
         unknown = sorted(set(text) - set(self._ids))
         if unknown:
-            raise ValueError(f"characters {unknown} are not in this vocabulary ({self.symbols!r})")
+            raise InputError(f"characters {unknown} are not in this vocabulary ({self.symbols!r})")
         return [self._ids[c] for c in text]
 
     def decode(self, ids: Sequence[int]) -> str:

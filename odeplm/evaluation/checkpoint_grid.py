@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import odeplm
+from odeplm.core.inputs import InputError
 from odeplm.data.pipeline import split_batches
 from odeplm.evaluation.grid import DEFAULT_SOLVERS, grid_points, run_grid
 from odeplm.evaluation.point import unigram_loss, validation_batches
@@ -27,8 +28,8 @@ def results_directory(checkpoint: str, out: str | None, name: str) -> str:
         return os.path.join(checkpoint, name)
     entries = os.listdir(checkpoint)
     if os.path.basename(os.path.normpath(checkpoint)).isdigit() or any(e.isdigit() for e in entries):
-        raise ValueError(f"{checkpoint} is a checkpoint directory, not a pre-training workdir; pass --out for the "
-                         f"results")
+        raise odeplm.CheckpointError(f"{checkpoint} is a checkpoint directory, not a pre-training workdir; pass --out "
+                                     f"for the results")
     raise odeplm.CheckpointError(f"{checkpoint} is neither a pre-training workdir nor a checkpoint directory")
 
 
@@ -46,7 +47,7 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     """Runs the grid on a checkpoint and writes grid.json, grid.md and grid.png; returns the report."""
     out = results_directory(checkpoint, out, "accelerate")
     if batches < 1 or batch_size < 1 or rounds < 1:
-        raise ValueError("batches, batch_size and rounds must be positive")
+        raise InputError("batches, batch_size and rounds must be positive")
     loaded = load_with_tokenizer(checkpoint, step)
     run = loaded.run
     dataset = dataset or run.dataset

@@ -22,8 +22,18 @@ import dataclasses
 from flax import nnx
 from tqdm import tqdm
 
+from odeplm.core.config import is_count
 from odeplm.core.model import LanguageModel, truncated, truncated_depth
-from odeplm.core.solvers import SOLVERS, SolvePlan, SolverError, fixed_nfe, parse_plan, plan_label, plan_solves
+from odeplm.core.solvers import (
+    SOLVERS,
+    SolvePlan,
+    SolverError,
+    fixed_nfe,
+    parse_plan,
+    plan_label,
+    plan_solves,
+    unknown_solver,
+)
 from odeplm.evaluation.point import PointProgram, token_metrics
 from odeplm.evaluation.timing import measure, paired_ratio
 
@@ -51,12 +61,12 @@ def grid_points(model: LanguageModel, solvers=DEFAULT_SOLVERS, steps=None, extra
     depth = model.config.depth
     unknown = [s for s in solvers if s not in SOLVERS]
     if unknown:
-        raise SolverError(f"unknown solver(s) {unknown}; known: {sorted(SOLVERS)}")
+        raise SolverError(", ".join(map(unknown_solver, unknown)))
     if steps is None:
         steps = [n for n in _STEP_CANDIDATES if n <= max(s.steps for s in depth)]
-    if not steps or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps):
+    if not steps or not all(map(is_count, steps)):
         raise SolverError(f"step counts must be positive integers, got {steps}")
-    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
+    if max_nfe is not None and not is_count(max_nfe):
         raise SolverError(f"max_nfe must be a positive integer, got {max_nfe!r}")
     full = plan_solves(depth, None)
     points = [GridPoint("full depth", f"full depth ({plan_label(full)})", full)]

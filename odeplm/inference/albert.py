@@ -22,7 +22,7 @@ from flax import nnx
 from odeplm.core.block import ACTIVATIONS
 from odeplm.core.config import ModelConfig
 from odeplm.core.errors import OdeplmError
-from odeplm.core.model import LanguageModel
+from odeplm.core.model import LanguageModel, abstract_model
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.runs.checkpoint import Checkpointer, CheckpointError
 
@@ -126,7 +126,7 @@ def convert(weights: dict[str, np.ndarray], config: ModelConfig) -> LanguageMode
     decoder = weights.get("predictions.decoder.weight")
     if decoder is not None and not np.array_equal(decoder, weights["embeddings.word_embeddings.weight"]):
         raise ConversionError("predictions.decoder.weight differs from the word embeddings: the decoder is not tied")
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+    graphdef, abstract = abstract_model(config)
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(abstract))[0]:
         key = tuple(getattr(p, "key", getattr(p, "idx", None)) for p in path)

@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odeplm.core.inputs import check_inputs
+from odeplm.core.config import is_count
+from odeplm.core.inputs import InputError, check_inputs, padded_rows
 from odeplm.core.solvers import SOLVERS, SolvePlan, SolverError, plan_solves
-from odeplm.core.special_ids import EOS, PAD
+from odeplm.core.special_ids import EOS
 
 
 def tableau(solver: str) -> tuple[tuple[tuple[float, ...], ...], tuple[float, ...]]:
@@ -140,11 +141,11 @@ def _last_logits(model, buffer, lengths, solves: SolvePlan):
 
 def _cached_logits(model, prompts: list[list[int]], slots: int, solves: SolvePlan):
     """Yields next-token logits [batch, vocab]; is sent each step's chosen tokens."""
-    width = max(map(len, prompts))
-    pads = np.array([width - len(p) for p in prompts])
-    tokens = np.array([[PAD] * pad + list(p) for pad, p in zip(pads, prompts)], np.int32)
+    tokens, real = padded_rows(prompts, left=True)
+    width = tokens.shape[1]
+    pads = width - real.sum(1)
     valid = np.zeros((len(prompts), slots), bool)
-    valid[:, :width] = np.arange(width)[None] >= pads[:, None]
+    valid[:, :width] = real
     positions = np.maximum(np.arange(width)[None] - pads[:, None], 0)
     caches = empty_cache(model, solves, len(prompts), slots)
     logits, caches = _decode_jit(model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid), caches,
@@ -158,9 +159,7 @@ def _cached_logits(model, prompts: list[list[int]], slots: int, solves: SolvePla
 
 def _recomputed_logits(model, prompts: list[list[int]], solves: SolvePlan):
     """As `_cached_logits`, by running the whole sequence again for every token."""
-    buffer = np.full((len(prompts), model.config.max_length), PAD, np.int32)
-    for row, prompt in enumerate(prompts):
-        buffer[row, : len(prompt)] = prompt
+    buffer, _ = padded_rows(prompts, model.config.max_length)
     lengths = np.array([len(p) for p in prompts])
     while True:
         chosen = yield _last_logits(model, jnp.asarray(buffer), jnp.asarray(lengths), solves)
@@ -175,20 +174,21 @@ def generate(model, prompts: list[list[int]], *, max_new_tokens: int, solve=None
     the sequence for every token: slower, for any solve."""
     config = model.config
     if config.objective != "causal":
-        raise ValueError("generation needs a causal model")
+        raise InputError("generation needs a causal model")
     solves = plan_solves(config.depth, solve)
     if cached and not cacheable(solves):
         raise SolverError("cached generation needs a fixed evaluation schedule of a Runge-Kutta method; use a "
                           "fixed-step solve, or cached=False")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not is_count(max_new_tokens):
+        raise InputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not prompts or min(map(len, prompts)) == 0:
-        raise ValueError("every prompt needs at least one token")
+        raise InputError("every prompt needs at least one token")
     width = max(map(len, prompts))
     slots = width + max_new_tokens
     if slots > config.max_length:
-        raise ValueError(f"prompt length {width} + {max_new_tokens} new tokens exceeds max_length {config.max_length}")
-    check_inputs(config, np.array([list(p) + [PAD] * (width - len(p)) for p in prompts]))
+        raise InputError(f"prompt length {width} + {max_new_tokens} new tokens exceeds max_length "
+                         f"{config.max_length}")
+    check_inputs(config, padded_rows(prompts)[0])
     source = _cached_logits(model, prompts, slots, solves) if cached else _recomputed_logits(model, prompts, solves)
     logits = next(source)
     key = jax.random.key(seed)

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from odeplm.core.config import ModelConfig
-from odeplm.core.model import LanguageModel
+from odeplm.core.model import LanguageModel, abstract_model
 from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 from odeplm.inference import scoring
 from odeplm.runs.checkpoint import Checkpointer, CheckpointError
@@ -89,7 +89,7 @@ def load(path: str, step: int | None = None) -> Loaded:
             config = ModelConfig.from_dict(saved["model"])
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint under {path} holds no valid model config: {error}") from None
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+        graphdef, abstract = abstract_model(config)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                               nnx.to_pure_dict(abstract))

@@ -16,9 +16,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from odeplm.core.inputs import InputError
+from odeplm.core.inputs import InputError, padded_rows
 from odeplm.core.model import LanguageModel, forward
-from odeplm.core.special_ids import EOS, MASK, PAD
+from odeplm.core.special_ids import EOS, MASK
 from odeplm.data.tokenizer import Tokenizer
 
 MASK_MARKER = "[MASK]"
@@ -35,14 +35,7 @@ def _padded(rows: Sequence[Sequence[int]], max_length: int) -> tuple[np.ndarray,
     longest = max(len(r) for r in rows)
     if longest > max_length:
         raise InputError(f"a text gives {longest} tokens; the model takes at most {max_length}")
-    length = min(max_length, -(-longest // _BUCKET) * _BUCKET)
-    tokens = np.full((len(rows), length), PAD, np.int32)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-    mask = np.zeros(tokens.shape, bool)
-    for i, row in enumerate(rows):
-        mask[i, : len(row)] = True
-    return tokens, mask
+    return padded_rows(rows, min(max_length, -(-longest // _BUCKET) * _BUCKET))
 
 
 def _log_probs(model: LanguageModel, rows, solve, batch_size: int = 64) -> np.ndarray:

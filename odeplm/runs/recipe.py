@@ -17,8 +17,8 @@ import dataclasses
 
 import numpy as np
 
-from odeplm.core.config import ConfigError, DepthPlan
-from odeplm.core.solvers import SOLVERS, Solve, SolvePlan, fixed_nfe
+from odeplm.core.config import ConfigError, DepthPlan, is_count
+from odeplm.core.solvers import SOLVERS, Solve, SolvePlan, fixed_nfe, unknown_solver
 
 
 def _numbers(field: str, text: str, kind: type) -> tuple:
@@ -42,15 +42,15 @@ class Discretisation:
 
     def __post_init__(self):
         if self.solver not in SOLVERS:
-            raise ConfigError("train.solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
+            raise ConfigError("train.solver", unknown_solver(self.solver))
+        if not all(map(is_count, self.steps)):
             raise ConfigError("train.step_counts", f"step counts must be positive integers, got {self.steps}")
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0 or sum(self.weights) <= 0):
             raise ConfigError("train.step_weights", f"need one non-negative weight per step count {self.steps}, "
                                                     f"got {self.weights}")
         if self.mode not in MODES:
             raise ConfigError("train.step_mode", f"must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.curriculum, bool) or not isinstance(self.curriculum, int) or self.curriculum < 0:
+        if not is_count(self.curriculum, 0):
             raise ConfigError("train.curriculum_steps", f"must be an integer >= 0, got {self.curriculum!r}")
         if self.curriculum and len(set(self.steps)) < 2:
             raise ConfigError("train.curriculum_steps", f"a curriculum grows N through train.step_counts; give at "
@@ -108,7 +108,7 @@ class Distillation:
     solver: str = ""
 
     def __post_init__(self):
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.steps):
+        if not all(map(is_count, self.steps)):
             raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
             raise ConfigError("train.distill_weights", f"need one non-negative weight per step count {self.steps}, "
@@ -118,7 +118,7 @@ class Distillation:
         if not 0.0 <= self.hidden_weight < float("inf"):
             raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
         if self.solver and self.solver not in SOLVERS:
-            raise ConfigError("train.distill_solver", f"unknown solver {self.solver!r}; known: {sorted(SOLVERS)}")
+            raise ConfigError("train.distill_solver", unknown_solver(self.solver))
 
     @classmethod
     def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,

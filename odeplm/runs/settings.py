@@ -15,7 +15,7 @@ from typing import Any
 
 from ml_collections import ConfigDict, config_dict
 
-from odeplm.core.config import ConfigError, ModelConfig
+from odeplm.core.config import ConfigError, ModelConfig, is_count
 from odeplm.core.solvers import Solve, SolverError
 from odeplm.data.prepared import INDEX_OPTIONS
 from odeplm.data.tokenizer import KINDS
@@ -128,7 +128,7 @@ class TrainSettings:
             "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
         }
         for name, (value, minimum) in values.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            if not is_count(value, minimum):
                 raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
         for name, value in (("train.learning_rate", train.learning_rate), ("train.clip_norm", train.clip_norm)):
             if not isinstance(value, (int, float)) or not value > 0:

@@ -21,9 +21,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from odeplm.core.inputs import InputError, padded_rows
 from odeplm.core.model import LanguageModel, SequenceClassifier
 from odeplm.core.solvers import plan_solves
-from odeplm.core.special_ids import BOS, PAD
+from odeplm.core.special_ids import BOS
 from odeplm.data.labelled import Labelled, load_labelled
 from odeplm.data.tokenizer import Tokenizer
 from odeplm.evaluation.checkpoint_grid import load_with_tokenizer, results_directory
@@ -36,11 +37,7 @@ from odeplm.training.optim import learning_rate_schedule, make_optimizer
 
 def classification_inputs(tokenizer: Tokenizer, texts, max_length: int) -> tuple[np.ndarray, np.ndarray]:
     """`[BOS] text` per row, cut to `max_length` tokens and right-padded to the longest row."""
-    rows = [([BOS] + tokenizer.encode(text))[:max_length] for text in texts]
-    tokens = np.full((len(rows), max(map(len, rows))), PAD, np.int32)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = row
-    return tokens, tokens != PAD
+    return padded_rows([([BOS] + tokenizer.encode(text))[:max_length] for text in texts])
 
 
 def classifier_from(model: LanguageModel, num_labels: int, seed: int = 0,
@@ -66,10 +63,10 @@ def finetune(model: LanguageModel, tokenizer: Tokenizer, data: Labelled, *, disc
              pooling: str = "mean") -> tuple[SequenceClassifier, list[float]]:
     """Trains a classifier on `data.train_*`; returns it and the loss of every step."""
     if epochs < 1 or batch_size < 1 or not learning_rate > 0:
-        raise ValueError("epochs and batch_size must be positive integers and learning_rate positive")
+        raise InputError("epochs and batch_size must be positive integers and learning_rate positive")
     steps_per_epoch = len(data.train_texts) // batch_size
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(data.train_texts)} training examples make no batch of {batch_size}")
+        raise InputError(f"{len(data.train_texts)} training examples make no batch of {batch_size}")
     total = epochs * steps_per_epoch
     optimizer = make_optimizer(learning_rate_schedule(learning_rate, max(1, total // 10), total),
                                weight_decay=0.01, clip_norm=1.0)

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from odeplm.core.config import ModelConfig
-from odeplm.core.model import LanguageModel
+from odeplm.core.model import LanguageModel, abstract_model
 from odeplm.core.sharding import MeshError, batch_sharding, param_shardings, replicated
 from odeplm.runs.settings import TrainSettings
 from odeplm.training.objectives import training_loss
@@ -83,8 +83,7 @@ class TrainProgram:
         self.schedule = learning_rate_schedule(settings.learning_rate, settings.warmup_steps, settings.steps)
         self.optimizer = make_optimizer(self.schedule, weight_decay=settings.weight_decay,
                                         clip_norm=settings.clip_norm)
-        abstract_model = nnx.eval_shape(lambda: LanguageModel(model_config, rngs=nnx.Rngs(0)))
-        self.graphdef, abstract_params = nnx.split(abstract_model)
+        self.graphdef, abstract_params = abstract_model(model_config)
         params_sharding = param_shardings(abstract_params, mesh)
         params_shape = nnx.to_pure_dict(abstract_params)
         opt_shape = jax.eval_shape(self.optimizer.init, params_shape)
