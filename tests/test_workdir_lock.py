@@ -4,6 +4,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -52,3 +53,24 @@ def test_release_leaves_another_holders_lock_alone(tmp_path):
     _write_lock(tmp_path, host="elsewhere", pid=42)  # taken over by another run meanwhile
     lock.release()
     assert json.loads((tmp_path / "lock.json").read_text())["host"] == "elsewhere"
+
+
+def test_runs_contending_for_the_lock_never_hold_it_together(tmp_path):
+    """Six processes take and give back the lock as fast as they can; a shared log of who
+    holds it shows no two holders at once (a check-then-write lock lets two in)."""
+    log = tmp_path / "holders.log"
+    script = (f"import os\nfrom odeplm.runs.lock import WorkdirBusy, WorkdirLock\n"
+              f"for _ in range(150):\n"
+              f"    lock = WorkdirLock({str(tmp_path / 'run')!r})\n"
+              f"    try:\n        lock.acquire()\n    except WorkdirBusy:\n        continue\n"
+              f"    with open({str(log)!r}, 'a') as f: f.write(f'+{{os.getpid()}}\\n')\n"
+              f"    with open({str(log)!r}, 'a') as f: f.write(f'-{{os.getpid()}}\\n')\n"
+              f"    lock.release()\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = [subprocess.Popen([sys.executable, "-c", script], cwd=root, env=dict(os.environ, PYTHONPATH=root))
+            for _ in range(6)]
+    assert all(run.wait(timeout=300) == 0 for run in runs)
+    entries = log.read_text().split()
+    assert len(entries) >= 20
+    holders = entries[0::2]
+    assert all(h[0] == "+" for h in holders) and [e[1:] for e in entries[1::2]] == [h[1:] for h in holders]

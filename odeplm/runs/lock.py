@@ -2,11 +2,18 @@
 
 A second run on a busy workdir would replace the first one's checkpoints and
 interleave its metrics, so a run takes `WORKDIR/lock.json` (host, pid, start,
-heartbeat) before it writes anything and gives it back when it stops, SIGTERM
-and Ctrl-C included. A lock left by a run that died is stale: on the same host
-when its process is gone, on another host (a pod restarted elsewhere) when its
-heartbeat, refreshed at every logging window, is older than `stale_after`.
-Only process 0 of a multi-process run holds it.
+heartbeat) before it reads or writes anything there, and gives it back when it
+stops, SIGTERM and Ctrl-C included. The lock is created whole and exclusively
+(a hard link, refused where the lock exists), so of two runs starting at the
+same instant one gets it. A lock left by a run
+that died is stale: on the same host when its process is gone, on another host
+(a pod restarted elsewhere) when its heartbeat, refreshed at every logging
+window, is older than `stale_after`; it is taken over by moving it aside, which
+one taker alone can do. Only process 0 of a multi-process run holds it.
+
+On a remote workdir (`gs://`) the file system offers no exclusive create
+through `etils.epath`: the lock is written and read back, which catches a
+second run that starts later but not one that starts in the same instant.
 """
 
 from __future__ import annotations
@@ -30,23 +37,50 @@ class WorkdirBusy(OdeplmError):
 class WorkdirLock:
     def __init__(self, workdir: str, *, stale_after: float = 900.0):
         self.path = run_path(workdir) / "lock.json"
+        self.local = "://" not in os.fspath(self.path)
         self.stale_after = stale_after
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
 
     def acquire(self):
         """Takes the lock, or raises WorkdirBusy naming the live holder."""
-        if self.path.exists():
+        while not self._create():
             holder = self._holder()
-            if holder is not None and not self._stale(holder) and not self._is_mine(holder):
+            if holder is not None and self._is_mine(holder):
+                break
+            if holder is not None and not self._stale(holder):
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
                 raise WorkdirBusy(f"{self.path.parent} is in use by pid {holder.get('pid')} on "
                                   f"{holder.get('host')} since {since} ({self.path}); stop that run or give this one "
                                   f"another --workdir")
-            if holder is not None and not self._is_mine(holder):
-                log.warning("taking over the stale lock of pid %s on %s (%s)", holder.get("pid"), holder.get("host"),
+            aside = self.path.parent / f"lock.json.stale-{self.mine['pid']}"
+            try:
+                self.path.rename(aside)  # of several takers, one moves it; the others find it gone
+            except FileNotFoundError:
+                continue
+            aside.unlink()
+            if holder is not None:
+                log.warning("took over the stale lock of pid %s on %s (%s)", holder.get("pid"), holder.get("host"),
                             self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.refresh()
+
+    def _create(self) -> bool:
+        """Creates the lock file holding this run, unless one exists."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**self.mine, "heartbeat": time.time()})
+        if not self.local:
+            if self.path.exists():
+                return False
+            self.path.write_text(text)
+            return self._is_mine(self._holder() or {})
+        temporary = self.path.parent / f"lock.json.{self.mine['pid']}.new"
+        temporary.write_text(text)
+        try:
+            os.link(temporary, self.path)  # atomic, whole, and refused where the lock exists
+        except FileExistsError:
+            return False
+        finally:
+            temporary.unlink()
+        return True
 
     def refresh(self):
         """Rewrites the heartbeat (written whole, then renamed, so readers never see half a file)."""
@@ -63,7 +97,7 @@ class WorkdirLock:
         try:
             return json.loads(self.path.read_text())
         except (OSError, ValueError):
-            return None  # unreadable: no holder to protect
+            return None  # unreadable or half written: treated as stale
 
     def _is_mine(self, holder: dict) -> bool:
         return holder.get("host") == self.mine["host"] and holder.get("pid") == self.mine["pid"]
