@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,6 +92,14 @@ def test_missing_and_unknown_tensors_are_listed(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(config, num_hidden_groups=config["num_hidden_layers"] + 1)))
     with pytest.raises(ConversionError, match="num_hidden_groups .* must lie between 1 and num_hidden_layers"):
         load_albert(str(tmp_path))
+    # the command says the same in one line, exit status 2, and writes nothing
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "eval.convert_albert", "--hf", str(tmp_path), "--out",
+                             str(tmp_path / "converted")], cwd=root, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+    assert "eval.convert_albert: ConversionError: num_hidden_groups" in result.stderr
+    assert not (tmp_path / "converted").exists()
 
 
 def test_converted_checkpoint_loads_with_identical_outputs(tmp_path):

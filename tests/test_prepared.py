@@ -116,7 +116,8 @@ def test_a_character_tokenizer_has_one_piece_per_character_and_names_its_size(do
     text = texts[0][:300]
     ids = tokenizer.encode(text)
     assert tokenizer.decode(ids) == text
-    assert len(ids) == len(text) + 1  # SentencePiece's leading space marker, then one piece per character
+    assert len(ids) == len(text)  # one piece per character, and no marker SentencePiece would put in front
+    assert len(tokenizer.encode("ab")) == 2
     assert os.path.exists(os.path.join(dataset_root(documents, data_dir), f"tokenizer-char-{size}.json"))
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,9 +65,12 @@ def run(workdir, corpus_dir, *overrides, devices=1):
 
 
 def logged_losses(workdir) -> dict[int, float]:
-    """Loss per step; a step logged twice (replayed after a resume) keeps its last value."""
+    """Loss per step, from metrics.jsonl, where every step has one row (a resumed run replaces what it replays)."""
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {row["step"]: row["loss"] for row in map(json.loads, f)}
+        rows = [json.loads(line) for line in f]
+    steps = [row["step"] for row in rows]
+    assert steps == sorted(set(steps)), "a step has two rows"
+    return {row["step"]: row["loss"] for row in rows}
 
 
 def final_params(workdir, corpus_dir) -> list[np.ndarray]:
@@ -244,17 +248,24 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "40.unreadable"))  # moved aside, not deleted
 
 
-def test_a_second_run_on_a_busy_workdir_is_refused_and_writes_nothing(trained, corpus_dir, tmp_path):
+def test_a_second_run_on_a_busy_workdir_is_refused_and_reads_nothing(trained, corpus_dir, tmp_path, caplog):
+    """The lock comes first: a second run stops before it reads the workdir, so it never
+    judges a step the live run is still sealing (here the newest, unsealed and damaged)."""
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
     holder = {"host": socket.gethostname(), "pid": os.getppid(), "started": time.time(), "heartbeat": time.time()}
     (workdir / "lock.json").write_text(json.dumps(holder))  # a live run on this host
-    before = {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))}
+    sealing = workdir / "checkpoints" / "40"
+    (sealing / "checksums.json").unlink()
+    params = max((p for p in (sealing / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    params.write_bytes(bytes(64) + params.read_bytes()[64:])
+    before = {str(p): p.read_bytes() if p.is_file() else None for p in workdir.rglob("*")}
     config = tiny_config(corpus_dir, train=dict(steps=60))
     config.seed = 1  # another run: a different seed
-    with Trainer(config, str(workdir)) as trainer, pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
-        trainer.run()
-    assert {path: os.stat(path).st_mtime_ns for path in map(str, workdir.rglob("*"))} == before
+    with caplog.at_level(logging.WARNING), pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
+        Trainer(config, str(workdir))
+    assert {str(p): p.read_bytes() if p.is_file() else None for p in workdir.rglob("*")} == before
+    assert "resumed" not in caplog.text and "cannot be read" not in caplog.text
 
 
 def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_dir):
@@ -305,11 +316,36 @@ def test_a_workdir_that_is_a_file_is_refused_and_left_alone(corpus_dir, tmp_path
 
 def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
     # (bad fields reach the same handler: test_bad_training_configs_are_named shows they raise ConfigError)
-    result = subprocess.run(command(tmp_path, corpus_dir, "--config.data.dataset=lm1b"), cwd=ROOT,
-                            env=environment(1), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "DataError: 'lm1b' has no bpe tokenizer of 512 pieces" in result.stderr.strip().splitlines()[-1]
-    assert not os.path.exists(tmp_path / "checkpoints") or not os.listdir(tmp_path / "checkpoints")
+    for dataset, message in (("lm1b", "DataError: dataset 'lm1b' is not prepared under"),
+                             ("no_such_dataset", "DataError: unknown dataset 'no_such_dataset'")):
+        workdir = tmp_path / dataset
+        result = subprocess.run(command(workdir, corpus_dir, f"--config.data.dataset={dataset}"), cwd=ROOT,
+                                env=environment(1), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert message in result.stderr.strip().splitlines()[-1]
+        assert not workdir.exists()  # a run that fails at start-up leaves nothing it made
+    # training that cannot go on (a non-finite loss) is one line too, and exit status 1
+    result = subprocess.run(command(tmp_path / "diverges", corpus_dir, "--config.train.learning_rate=1e30",
+                                    "--config.train.clip_norm=1e30"),
+                            cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "TrainingError: non-finite loss" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_cpu_run_starts_quietly(tmp_path):
+    """No error-looking line from a library: libtpu (installed for the AOT proof) may load here, as on a
+    machine where no other process holds it, yet does not probe for a TPU; TensorFlow, TFDS and orbax
+    notices stay out. What remains is odeplm's own line about building the corpus, and progress bars."""
+    env = {k: v for k, v in environment(1).items() if k != "JAX_PLATFORMS"}  # as a user starts it: nothing asked for
+    result = subprocess.run(command(tmp_path / "run", tmp_path / "tfds", "--config.train.steps=1",
+                                    "--config.eval.solves=euler"),
+                            cwd=ROOT, capture_output=True, text=True, env=dict(env, ALLOW_MULTIPLE_LIBTPU_LOAD="1"),
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    alarming = re.compile(r"^[EWF]\d{4}|WARNING|[Ee]rror|Failed|oneDNN|dataset_info|Traceback")
+    lines = [line for chunk in result.stderr.splitlines() for line in chunk.split("\r")]
+    assert not [line for line in lines if alarming.search(line)], result.stderr[-3000:]
+    assert f"building 'shakespeare' into {tmp_path / 'tfds'} (once)" in lines
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -319,10 +355,14 @@ def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
     (("--config", "configs/study.py:nosuch"), "Error whilst parsing config file: ValueError: unknown study model"),
     (("--config", "configs/study.py:depth2", "--config.train.steps=0"),  # a file with an argument loads
      "ConfigError: train.steps: must be an integer >= 1, got 0"),
+    (("--config", "{tmp}/broken.py"), "train.pretrain: --config: {tmp}/broken.py:3: invalid syntax"),
 ])
 def test_config_flag_mistakes_are_one_line_and_exit_2(tmp_path, arguments, message):
-    result = subprocess.run([sys.executable, "-m", "train.pretrain", "--workdir", str(tmp_path), *arguments], cwd=ROOT,
-                            env=environment(1), capture_output=True, text=True, timeout=300)
+    (tmp_path / "broken.py").write_text("def get_config():\n    return 1\nx = = 2\n")
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    result = subprocess.run([sys.executable, "-m", "train.pretrain", "--workdir", str(tmp_path / "run"), *arguments],
+                            cwd=ROOT, env=environment(1), capture_output=True, text=True, timeout=300)
+    message = message.format(tmp=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
     assert message in result.stderr
 
@@ -388,6 +428,12 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
     metadata.write_text("{not json")
     with pytest.raises(odeplm.CheckpointError, match="checkpoint 40 under .* has no readable config: JSONDecodeError"):
         odeplm.load(str(copy), step=40)
+    sealed = tmp_path / "sealed"  # load never reads the optimizer, so damage there does not stop it
+    shutil.copytree(trained, sealed)
+    optimizer = max((p for p in (sealed / "checkpoints" / "40" / "optimizer").rglob("*") if p.is_file()),
+                    key=lambda p: p.stat().st_size)
+    optimizer.write_bytes(bytes(64) + optimizer.read_bytes()[64:])
+    assert odeplm.load(str(sealed)).step == 40
     shutil.rmtree(copy / "checkpoints" / "20" / "config")  # a step folder without its config item
     with pytest.raises(odeplm.CheckpointError, match="checkpoint 20 under .* has no readable config"):
         odeplm.load(str(copy), step=20)

@@ -45,7 +45,7 @@ def quiet_start() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     other_plugins = importlib.util.find_spec("jax_plugins") is not None
-    if jax.config.jax_platforms is None and not _tpu_chips_here() and not other_plugins:
+    if not jax.config.jax_platforms and not _tpu_chips_here() and not other_plugins:
         jax.config.update("jax_platforms", "cpu")
 
 

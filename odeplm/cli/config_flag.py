@@ -23,13 +23,13 @@ def parse(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=parse)`), with the config loaded here."""
     try:
         remaining = flags.FLAGS(argv)
-    except flags.Error as error:  # absl's own: a bad value, a missing flag, a config file that raised
+    except Exception as error:  # noqa: BLE001  (ml_collections raises KeyError and AttributeError for a field)
         syntax = _syntax_error(error)
         if syntax is not None:
             fail(f"--config: {syntax.filename}:{syntax.lineno}: {syntax.msg}")
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        fail(" ".join(dict.fromkeys((lines[0], lines[-1]))))  # the flag, and the exception's last line
-    except Exception as error:  # noqa: BLE001  (ml_collections raises KeyError and AttributeError for a field)
+        if isinstance(error, flags.Error):  # absl's own: a bad value, a missing flag, a config file that raised
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            fail(" ".join(dict.fromkeys((lines[0], lines[-1]))))  # the flag, and the exception's last line
         fail(f"--config: {_message(error)}")
     path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]  # configs/study.py:NAME
     if path and not os.path.isfile(path):

@@ -37,7 +37,7 @@ from array_record.python.array_record_module import ArrayRecordReader, ArrayReco
 from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import EOS, PAD
 from odeplm.data import DataError
-from odeplm.data.sources import example_source, group_name, is_task, task_vocabulary, text_source
+from odeplm.data.sources import dataset_builder, example_source, group_name, is_task, task_vocabulary, text_source
 from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
 
 RECORD_TOKENS = 4096
@@ -81,6 +81,7 @@ def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_ch
         with open(path) as f:
             return tokenizer_from_json(json.load(f))
     if not train:
+        dataset_builder(dataset, data_dir)  # an unknown or unbuilt dataset is named as that, not as a tokenizer
         raise DataError(f"{dataset!r} has no {kind} tokenizer of {vocab_size} pieces under {data_dir}: "
                         f"{path} is missing; run `python -m train.prepare` with this config once")
     texts = text_source(dataset, "train", data_dir)

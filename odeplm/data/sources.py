@@ -54,8 +54,11 @@ def dataset_builder(dataset: str, data_dir: str) -> tfds.core.DatasetBuilder:
     else:
         try:
             builder = tfds.builder(dataset, data_dir=data_dir)
-        except Exception as error:  # TFDS raises several types for unknown names
-            raise DataError(f"unknown dataset {dataset!r}: {error}") from None
+        except Exception as error:  # TFDS raises several types for unknown names, with a page of advice
+            lines = str(error).splitlines()
+            hints = [line for line in lines if line.startswith("Did you mean")]
+            said = " ".join(line.strip() for line in lines[:1] + hints)
+            raise DataError(f"unknown dataset {dataset!r}: {said}") from None
         if not builder.is_prepared():
             raise DataError(f"dataset {dataset!r} is not prepared under {data_dir}; prepare it with "
                             f"`tfds build {dataset} --data_dir {data_dir} --file_format array_record`")

@@ -54,6 +54,7 @@ class Tokenizer:
             remove_extra_whitespaces=False,
             character_coverage=1.0,
             byte_fallback=kind == "bpe",
+            add_dummy_prefix=kind == "bpe",  # a character tokenizer adds no piece that is not in the text
             hard_vocab_limit=kind == "bpe",
             max_sentence_length=16384,
             num_threads=1,

@@ -92,7 +92,8 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint under {self.directory}")
         for candidate in candidates:
             try:
-                self.verify(candidate)
+                self.verify(candidate, items=("params", "config", "tokenizer")
+                            + (("optimizer",) if abstract_optimizer is not None else ()))
                 config = self.read_config(candidate)
             except Exception as error:  # orbax raises many types for damaged files
                 self._set_aside(candidate, error, explicit=step is not None)
@@ -151,14 +152,17 @@ class Checkpointer:
                 raise CheckpointError(f"checkpoint {step} under {self.directory}: parameter {name} {found}; the model "
                                       f"expects {tuple(leaf.shape)}")
 
-    def verify(self, step: int):
-        """Raises CheckpointError naming the first file whose bytes differ from the
-        step's seal; a step without a seal (its run was killed before sealing it,
-        or it was written by an older odeplm) is read unverified."""
+    def verify(self, step: int, items=ITEMS):
+        """Raises CheckpointError naming the first file of `items` whose bytes differ from
+        the step's seal (loading for inference reads no optimizer, so damage there does
+        not stop it); a step without a seal (its run was killed before sealing it, or it
+        was written by an older odeplm) is read unverified."""
         path = self.directory / str(step) / CHECKSUMS
         if not path.exists():
             return
-        expected, found = json.loads(path.read_text()), _digests(self.directory / str(step))
+        expected = {name: digest for name, digest in json.loads(path.read_text()).items()
+                    if name.split("/", 1)[0] in items}
+        found = _digests(self.directory / str(step), items)
         wrong = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
         if wrong:
             raise CheckpointError(f"checkpoint {step} under {self.directory} fails its checksums: {wrong[0]} "
@@ -180,10 +184,10 @@ class Checkpointer:
         self.manager.close()
 
 
-def _digests(step_directory) -> dict[str, str]:
-    """SHA-256 of every file of the step's items, by path relative to the step."""
+def _digests(step_directory, items=ITEMS) -> dict[str, str]:
+    """SHA-256 of every file of the step's `items`, by path relative to the step."""
     digests = {}
-    for item in ITEMS:
+    for item in items:
         if not (step_directory / item).exists():
             continue
         for folder, _, names in (step_directory / item).walk():
