@@ -28,7 +28,7 @@ from odeplm.data.labelled import load_labelled, save_table
 from odeplm.data.pipeline import split_batches
 from odeplm.evaluation.checkpoint_grid import accelerate
 from odeplm.evaluation.grid import grid_points, pareto_front
-from odeplm.evaluation.report import loss_range
+from odeplm.evaluation.report import plot_ranges
 from odeplm.inference.generate import generate
 from odeplm.training.finetune import finetune_checkpoint
 from odeplm.training.trainer import Trainer
@@ -194,11 +194,15 @@ def test_truncation_of_a_partially_shared_model_is_its_first_layers_written_out(
     assert [p.label for p in grid_points(model, ("rk4",), [1, 2], max_nfe=8)][-1] == "rk4:1"  # rk4:2 costs 16
 
 
-def test_the_plot_keeps_diverged_points_from_stretching_the_loss_axis():
-    losses = [3.60, 3.62, 3.65, 3.70, 3.71, 3.80, 3.90, 5.50]  # full depth first; midpoint:1 diverged
-    low, high = loss_range(losses, losses[0])
-    assert low < 3.60 and 4.5 <= high < 5.50  # the outlier is beyond the axis, the rest spread over it
-    assert loss_range([3.6, 5.0, 5.5, 6.0], 3.6)[1] >= 6.0  # when most points are far, the axis reaches them
+def test_the_plot_axes_follow_the_pareto_front_and_full_depth():
+    """The README's own example: the front lives within 10-30 ms and 3.62-3.68 nats, full depth
+    at 60 ms; a diverged solve (5.0 nats) and a slow adaptive one (150 ms) stay off the axes."""
+    row = lambda latency, loss, pareto: {"latency_ms": latency, "loss": loss, "pareto": pareto}  # noqa: E731
+    rows = [row(60.0, 3.633, False), row(10.0, 3.68, True), row(20.0, 3.64, True), row(30.0, 3.62, True),
+            row(75.0, 5.0, False), row(150.0, 4.6, False), row(40.0, 3.75, False)]
+    (left, right), (low, high) = plot_ranges(rows)
+    assert left < 10.0 and 60.0 < right < 150.0
+    assert low < 3.62 and 3.68 < high < 3.75
 
 
 def test_pareto_front():

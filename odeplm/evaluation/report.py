@@ -41,21 +41,23 @@ def grid_table(rows: list[dict], objective: str, group_name: str | None = None) 
                               for row in rows))
 
 
-def loss_range(losses: list[float], reference: float) -> tuple[float, float]:
-    """The plot's loss axis: from the best point to the full-depth loss plus twice
-    the median point's distance from it (at least 1 nat), so that a few diverged
-    coarse solves do not squeeze every other point into a line."""
-    median = float(np.median(losses))
-    high = reference + max(1.0, 2 * (median - reference))
-    low = min(losses)
-    return low - 0.05 * (high - low), high
+def plot_ranges(rows: list[dict]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The plot's axes, chosen from what a reader looks for: the Pareto front and full
+    depth (the first row). Latency (a log axis) spans their fastest to their slowest,
+    loss their best to their worst, each with a margin; a far point (a diverged solve,
+    a slow adaptive one) does not squeeze the rest into a corner."""
+    anchors = [row for row in rows if row["pareto"]] + rows[:1]
+    latencies, losses = [r["latency_ms"] for r in anchors], [r["loss"] for r in anchors]
+    margin = max(0.25 * (max(losses) - min(losses)), 0.01)
+    return (min(latencies) / 1.3, max(latencies) * 1.3), (min(losses) - margin, max(losses) + 2 * margin)
 
 
 def plot(rows: list[dict], path: str, title: str, group_name: str | None = None) -> None:
     """Loss against latency: baselines and each solver in its own marker, each point
-    labelled with its NFE, the Pareto front as a line; points beyond the loss axis
-    sit on its top edge as red arrows with their loss written beside them. Rows
-    scored per group get a second panel: accuracy against NFE, one curve per group."""
+    labelled with its NFE, the Pareto front as a line. Points beyond the axes
+    (`plot_ranges`) sit on their edges in red with their latency and loss written
+    beside them. Rows scored per group get a second panel: accuracy against NFE,
+    one curve per group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,30 +66,32 @@ def plot(rows: list[dict], path: str, title: str, group_name: str | None = None)
     by_group = "groups" in rows[0]
     figure, panels = plt.subplots(1, 2 if by_group else 1, figsize=(13 if by_group else 7, 4.5), squeeze=False)
     axes = panels[0, 0]
-    low, high = loss_range([r["loss"] for r in rows], rows[0]["loss"])
+    (left, right), (low, high) = plot_ranges(rows)
+    on_scale = [left <= r["latency_ms"] <= right and low <= r["loss"] <= high for r in rows]
     groups: dict[str, list[dict]] = {}
-    for row in rows:
+    for row in (r for r, shown in zip(rows, on_scale) if shown):
         key = row["kind"] if row["kind"] != "solve" else row["solves"][0].split(":")[0]
         groups.setdefault(key, []).append(row)
     markers = iter("o^sDvP*Xh<>")
     for name, members in groups.items():
         fmt, size = {"full depth": ("k*", 12), "truncated": ("kx", 7)}.get(name) or (next(markers), 6)
-        shown = [r for r in members if r["loss"] <= high]
-        axes.plot([r["latency_ms"] for r in shown], [r["loss"] for r in shown], fmt, linestyle="none",
+        axes.plot([r["latency_ms"] for r in members], [r["loss"] for r in members], fmt, linestyle="none",
                   label=name, markersize=size)
-    for row in rows:
-        clipped = row["loss"] > high
-        y = high if clipped else row["loss"]
-        if clipped:
-            axes.plot(row["latency_ms"], y, "r^", markersize=7, clip_on=False)
-        axes.annotate(f"{row['nfe']:.0f}" + (f" ({row['loss']:.2f})" if clipped else ""), (row["latency_ms"], y),
-                      textcoords="offset points", xytext=(4, -9 if clipped else 3), fontsize=6,
-                      color="red" if clipped else "0.3")
+    for row, shown in zip(rows, on_scale):
+        x, y = min(max(row["latency_ms"], left), right), min(max(row["loss"], low), high)
+        off_scale = not shown
+        if off_scale:
+            axes.plot(x, y, "r^", markersize=7, clip_on=False)
+        label = f"{row['nfe']:.0f}" + (f" ({row['latency_ms']:.0f} ms, {row['loss']:.2f})" if off_scale else "")
+        axes.annotate(label, (x, y), textcoords="offset points", xytext=(4, -9 if off_scale else 3), fontsize=6,
+                      color="red" if off_scale else "0.3", annotation_clip=False)
     front = sorted((r["latency_ms"], r["loss"]) for r in rows if r["pareto"])
     axes.step([x for x, _ in front], [y for _, y in front], where="post", color="grey", alpha=0.6,
               label="Pareto front")
+    axes.set_xscale("log")
+    axes.set_xlim(left, right)
     axes.set_ylim(low, high)
-    axes.set_xlabel("latency per batch (ms); numbers: NFE")
+    axes.set_xlabel("latency per batch (ms, log scale); numbers: NFE; red: off the axes")
     axes.set_ylabel("validation loss (nats)")
     axes.set_title(title)
     axes.legend(fontsize=8)
