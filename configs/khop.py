@@ -19,8 +19,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   scaling), depth-muP's branch multiplier 1/sqrt(L) (`depth8_mup`: span
   sqrt(8), with its learning-rate rule for Adam, lr proportional to
   1/sqrt(L): 1e-3 at L = 2 gives 5e-4 at L = 8), ReZero gates (`depth8_rezero`),
-  a depth curriculum (`depth8_curriculum`: 2, 3, ..., 8 layers over the first
-  1000 steps, then 8), random depth per batch as Huginn draws its recurrence
+  a depth curriculum (`depth8_curriculum`: 2, 3, ..., 8 layers, each for an
+  equal share of the first 1000 steps, then 8; `depth4_curriculum`: 2, 3, 4;
+  at L = 2 the curriculum is the plain model), random depth per batch as Huginn draws its recurrence
   (`depth8_random_depth`: 2 to 8 layers), and a lower learning rate
   (`depth8_lr5e-4`).
 """
@@ -36,6 +37,8 @@ MODELS = {
     "depth8_mup": (dict(depth="8@2.8284271247461903"), dict(learning_rate=5e-4)),
     "depth8_rezero": (dict(depth="8", residual_gate="rezero"), {}),
     "depth8_curriculum": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000)),
+    "depth4_curriculum": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth",
+                                                curriculum_steps=1000)),
     "depth8_random_depth": (dict(depth="8"), _LADDER),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
 }
