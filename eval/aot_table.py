@@ -12,8 +12,9 @@ import os
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from odeplm.cli import run
 from odeplm.training.topology import Topology
 
 flags.DEFINE_string("out", "results/aot", "directory for one JSON per compile and table.md")
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

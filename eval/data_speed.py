@@ -26,6 +26,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from odeplm.cli import run
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "write the figures as JSON here")
 flags.DEFINE_string("sizes", "10MB,1GB", "corpus sizes (token bytes)")
@@ -156,4 +158,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

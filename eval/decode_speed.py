@@ -17,10 +17,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 import odeplm
+from odeplm.cli import run
 from odeplm.core.solvers import fixed_nfe
 from odeplm.evaluation.timing import Compiled, measure, paired_ratio
 from odeplm.inference.generate import decode, empty_cache
@@ -84,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

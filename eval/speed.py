@@ -16,10 +16,11 @@ import platform
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 import odeplm
+from odeplm.cli import run
 from odeplm.core.block import attention_mask
 from odeplm.evaluation.timing import compile_timed, measure, paired_ratio
 
@@ -142,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

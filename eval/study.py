@@ -1,4 +1,15 @@
-"""The study of docs/results.md: small result files in, markdown tables out.
+"""The studies of docs/results.md: small result files in, markdown tables out.
+
+The k-hop study, where depth pays (`eval/khop_study.py`, configs/khop.py):
+
+    python -m eval.study --table khop              # dedicated depths per seed: loss, accuracy per hop, when learned
+    python -m eval.study --table khop_candidates   # what makes deep shared models learn: candidates over seeds
+    python -m eval.study --table khop_recipes      # one model at N = L, L/2, L/4 against the dedicated models
+    python -m eval.study --table khop_steps        # accuracy per hop against N, beyond the trained hops, adaptive NFE
+    python -m train.pretrain --config configs/khop.py:NAME --workdir runs/khop/NAME
+    python -m eval.study --study khop --evaluate NAME --workdir runs/khop   # -> docs/study/khop/NAME.json
+
+The character-level Shakespeare study, where depth does not pay (configs/study.py):
 
     python -m eval.study --table search     # the regime: dedicated depths 8, 4, 2, causal and masked
     python -m eval.study --table recipes    # one model at N = L, L/2, L/4 against the dedicated models
@@ -25,14 +36,18 @@ import json
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from configs import study as study_configs
+from eval import khop_study
+from odeplm.cli import run
 from odeplm.core.solvers import SOLVERS
 from odeplm.evaluation.report import markdown
 
-flags.DEFINE_string("table", None, "search, recipes, seeds, solvers, masked or latency")
-flags.DEFINE_list("evaluate", [], "models of configs/study.py whose result files to (re)make from --workdir")
+flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_steps, search, recipes, seeds, "
+                                   "solvers, masked or latency")
+flags.DEFINE_enum("study", "shakespeare", ["shakespeare", "khop"], "the study whose models --evaluate names")
+flags.DEFINE_list("evaluate", [], "models of the study whose result files to (re)make from --workdir")
 flags.DEFINE_string("workdir", "runs/study", "one pre-training workdir per model under here")
 flags.DEFINE_string("results", "docs/study", "result files, one per model")
 flags.DEFINE_string("figures", "docs/figures", "where plots are written")
@@ -251,14 +266,38 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
     plt.close(figure)
 
 
+KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2"), "curriculum": ("depth8_curriculum", "depth4_curriculum",
+                                                                         "depth2")}
+KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
+                   "depth8_lr5e-4")
+KHOP_RECIPES = ()
+
+
+def khop_table(name: str) -> str:
+    if name == "khop":
+        return khop_study.dedicated_table(FLAGS.results, KHOP_DEDICATED)
+    if name == "khop_candidates":
+        return khop_study.candidates_table(FLAGS.results, "depth8", KHOP_CANDIDATES)
+    if name == "khop_recipes":
+        return khop_study.speeds_table(FLAGS.results, KHOP_RECIPES, dict(zip((8, 4, 2), KHOP_DEDICATED["curriculum"])))
+    if name == "khop_steps":
+        return khop_study.steps_table(FLAGS.results, "depth8_curriculum")
+    raise app.UsageError(f"unknown --table {name!r}")
+
+
 def main(argv):
     del argv
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     for name in FLAGS.evaluate:
-        evaluate(name)
-        print(f"wrote {os.path.join(FLAGS.results, name + '.json')}")
+        if FLAGS.study == "khop":
+            khop_study.evaluate(name, FLAGS.workdir, FLAGS.results)
+            print(f"wrote {khop_study.result_path(FLAGS.results, name)}")
+        else:
+            evaluate(name)
+            print(f"wrote {os.path.join(FLAGS.results, name + '.json')}")
     if FLAGS.table is None:
+        return
+    if FLAGS.table.startswith("khop"):
+        print(khop_table(FLAGS.table))
         return
     masked_dedicated = {norm: {n: f"masked_{norm}_depth{n}" for n in SPEEDS} for norm in ("post", "pre")}
     if FLAGS.table == "search":
@@ -286,4 +325,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -18,10 +18,11 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 import odeplm
+from odeplm.cli import run
 from odeplm.core.flops import training_flops_per_token
 from odeplm.evaluation.timing import compile_timed, measure
 from odeplm.training.metrics import measure_matmul_peak
@@ -77,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)
