@@ -48,6 +48,7 @@ flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_st
                                    "solvers, masked or latency")
 flags.DEFINE_enum("study", "shakespeare", ["shakespeare", "khop"], "the study whose models --evaluate names")
 flags.DEFINE_list("evaluate", [], "models of the study whose result files to (re)make from --workdir")
+flags.DEFINE_bool("grid", True, "k-hop: the whole grid in each result file; --nogrid: full depth and training only")
 flags.DEFINE_string("workdir", "runs/study", "one pre-training workdir per model under here")
 flags.DEFINE_string("results", "docs/study", "result files, one per model")
 flags.DEFINE_string("figures", "docs/figures", "where plots are written")
@@ -289,7 +290,7 @@ def main(argv):
     del argv
     for name in FLAGS.evaluate:
         if FLAGS.study == "khop":
-            khop_study.evaluate(name, FLAGS.workdir, FLAGS.results)
+            khop_study.evaluate(name, FLAGS.workdir, FLAGS.results, FLAGS.grid)
             print(f"wrote {khop_study.result_path(FLAGS.results, name)}")
         else:
             evaluate(name)
