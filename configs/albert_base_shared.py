@@ -1,7 +1,7 @@
 """ALBERT-base shaped masked LM (accelerator-sized): Post-LN, factorised
 embeddings (128 -> 768), one block shared over 12 steps, random step counts.
 Its global batch of 4096 fits v5e-256 (data 16 x fsdp 16: 1.89 GiB per chip);
-on v5e-16 it needs --config.train.grad_accum=4 (8.05 GiB; README's pod table):
+on v5e-16 it needs --config.train.grad_accum=4 (8.05 GiB; docs/pods.md's pod table):
 
     python -m train.prepare --config configs/albert_base_shared.py \\
         --config.data.dataset=wikipedia/20230601.en --config.data.data_dir=/mnt/data

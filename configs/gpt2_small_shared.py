@@ -1,6 +1,6 @@
 """GPT-2-small shaped causal LM (accelerator-sized): Pre-LN, one block shared
 over 12 steps, random step counts. On v5e-16 (data 2 x fsdp 8: 8.36 GiB of
-15.75 per chip, README's pod table):
+15.75 per chip, docs/pods.md's pod table):
 
     python -m train.prepare --config configs/gpt2_small_shared.py --config.data.dataset=c4/en \\
         --config.data.data_dir=/mnt/data

@@ -1,4 +1,4 @@
-"""The README's pod memory table: `train.aot` for each (config, topology, mesh,
+"""The pod memory table of docs/pods.md: `train.aot` for each (config, topology, mesh,
 remat policy), at the largest step count the config's recipe draws (the one
 that binds memory), collected into one markdown table.
 

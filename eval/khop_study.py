@@ -184,11 +184,11 @@ def dedicated_table(results: str, recipes: dict[str, tuple[str, ...]]) -> str:
 def candidates_table(results: str, plain: str, candidates: tuple[str, ...]) -> str:
     """What makes a deep shared model learn within the budget: each candidate over its seeds against the plain
     model, with the step each seed learned the hardest hop count (– : not within the run)."""
-    rows = []
+    rows, untrained = [], []
     for name in (plain,) + candidates:
         found = seeds_of(results, name)
         if not found:
-            rows.append([name, "not trained", "", "", "", ""])
+            untrained.append(name)
             continue
         points = [full_depth(r) for _, r in found]
         hardest = _hops(points[0])[-1]
@@ -198,8 +198,9 @@ def candidates_table(results: str, plain: str, candidates: tuple[str, ...]) -> s
                      ", ".join(f"{p['groups'][hardest]['accuracy']:.2f}" for p in points),
                      ", ".join(str(s) if s is not None else "–" for s in learned),
                      f"{sum(s is not None for s in learned)} of {len(found)}"])
-    return markdown([("model (L = 8)", "l"), ("seeds", "l"), ("loss per seed", "l"), ("hops=4 accuracy per seed", "l"),
-                     ("hops=4 learned at step", "l"), ("seeds that learned it", "c")], rows)
+    table = markdown([("model (L = 8)", "l"), ("seeds", "l"), ("loss per seed", "l"), ("hops=4 accuracy per seed", "l"),
+                      ("hops=4 learned at step", "l"), ("seeds that learned it", "c")], rows)
+    return table + (f"\n\nNo result file yet: {', '.join(untrained)}." if untrained else "")
 
 
 def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str]) -> str:
