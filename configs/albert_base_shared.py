@@ -17,7 +17,7 @@ def get_config():
     config = default_config()
     config.model.update(vocab_size=30000, width=768, heads=12, mlp_width=3072, max_length=512, embedding_size=128,
                         type_vocab_size=2, norm="post", objective="masked", depth="12", layer_norm_eps=1e-12,
-                        dtype="bfloat16")
+                        dtype="bfloat16", masked_positions=80, loss_chunk=16)
     config.train.update(steps=125_000, batch_size=4096, learning_rate=1.76e-3, warmup_steps=3125,
                         log_every=100, eval_batches=32, step_counts="3,4,6,12", step_weights="1,1,1,2")
     config.checkpoint.update(every=5000, keep=3)

@@ -15,7 +15,7 @@ from odeplm.runs.settings import default_config
 def get_config():
     config = default_config()
     config.model.update(vocab_size=32000, width=768, heads=12, mlp_width=3072, max_length=1024, embedding_size=768,
-                        norm="pre", objective="causal", depth="12", dtype="bfloat16")
+                        norm="pre", objective="causal", depth="12", dtype="bfloat16", loss_chunk=128)
     config.train.update(steps=100_000, batch_size=512, learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1,
                         log_every=100, eval_batches=32, step_counts="3,4,6,12", step_weights="1,1,1,2")
     config.checkpoint.update(every=5000, keep=3)

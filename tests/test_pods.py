@@ -132,7 +132,17 @@ def test_aot_compiles_the_train_step_for_a_tpu_topology(tmp_path):
     for step in record["steps"]:
         per_token = step["nfe"] * (2 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 32 * 32) + 2 * 32 * 512
         assert step["nfe"] == step["steps"] and step["model_flops"] == 3 * per_token * 8 * 32
-    assert "v5e:2x2 (4 chips)" in result.stdout
+    # The roofline bound: the FLOPs over the 4 chips' peak; at least the step's own arguments read and outputs
+    # written over one chip's bandwidth, plus the block's weights read twice more at 4 evaluations than at 2.
+    v5e = GENERATIONS["v5e"]
+    two, four = record["steps"]
+    for step in (two, four):
+        assert step["compute_bound_s"] == pytest.approx(step["model_flops"] / (4 * v5e.peak_bf16_flops))
+        assert step["memory_bound_s"] * v5e.hbm_bytes_per_s >= step["argument_bytes"] + step["output_bytes"]
+    block_weights = (4 * 32 * 32 + 2 * 32 * 64) * 4  # float32
+    added = (four["hbm_traffic_bytes"] - two["hbm_traffic_bytes"])
+    assert added >= 3 * 2 * block_weights
+    assert "v5e:2x2 (4 chips)" in result.stdout and "step >=" in result.stdout
 
 
 def test_aot_names_the_shortfall_when_the_step_does_not_fit(tmp_path):

@@ -6,6 +6,7 @@ Runs that need their own device count or process are real subprocesses of
 """
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.profiler import ProfileData
 
 import odeplm
 from configs import tiny
@@ -473,3 +475,13 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     shown = show_outputs(nnx.merge(causal.graphdef, causal.state["params"]), causal.tokenizer,
                          causal.validation_batches.batch(0), "euler,euler:1", prompt="ROMEO.\n")
     assert "--- sample at euler:4 (NFE 4)\nROMEO." in shown and "--- sample at euler:1 (NFE 1)\nROMEO." in shown
+
+
+def test_a_profile_window_traces_its_steps_into_the_runs_tensorboard_directory(corpus_dir, tmp_path):
+    workdir = tmp_path / "run"
+    with Trainer(tiny_config(corpus_dir, train=dict(steps=4, profile_start=1, profile_steps=2)), str(workdir)) as t:
+        t.run()
+    (trace,) = glob.glob(str(workdir / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    steps = [dict(event.stats).get("step_num") for plane in ProfileData.from_file(trace).planes
+             for line in plane.lines for event in line.events if event.name == "train"]
+    assert sorted(steps) == [1, 2]  # the window's steps, each marked

@@ -40,11 +40,12 @@ def main(argv):
     mesh_shape, results = compile_for_topology(config, topology)
     mesh = " x ".join(f"{axis}={size}" for axis, size in mesh_shape.items())
     print(f"{name} on {topology.name} ({topology.chips} chips), mesh {mesh}, "
-          f"global batch {config.train.batch_size}, remat {config.model.remat}")
+          f"global batch {config.train.batch_size} x {config.model.max_length}, remat {config.model.remat}")
     print(format_table(results))
     if FLAGS.out:
         record = {"config": name, "topology": topology.name, "chips": topology.chips,
-                  "mesh": mesh_shape, "batch_size": config.train.batch_size, "remat": config.model.remat,
+                  "mesh": mesh_shape, "batch_size": config.train.batch_size, "length": config.model.max_length,
+                  "remat": config.model.remat,
                   "steps": [dataclasses.asdict(r) for r in results]}
         out = epath.Path(FLAGS.out)
         out.parent.mkdir(parents=True, exist_ok=True)

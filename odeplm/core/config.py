@@ -108,6 +108,7 @@ _CHOICES = {
     "activation": ("gelu_new", "gelu", "relu", "silu"),
     "objective": ("masked", "causal"),
     "dtype": ("float32", "bfloat16", "float64"),
+    "logits_dtype": (None, "float32", "bfloat16", "float64"),
     "param_dtype": ("float32", "float64"),
     "attention": ("xla", "cudnn"),
     "remat": ("none", "full", "dots"),
@@ -116,7 +117,8 @@ _CHOICES = {
 
 # Fields that change how a model runs, not its parameters: a checkpoint saved
 # with one value restores under another (a pod run with remat, say, evaluated without).
-RUNTIME_FIELDS = frozenset({"dtype", "attention", "remat"})
+RUNTIME_FIELDS = frozenset({"dtype", "logits_dtype", "attention", "remat", "solve_checkpoints", "loss_chunk",
+                            "masked_positions"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +135,18 @@ class ModelConfig:
     (`odeplm.core.block.TimeModulation`); 0 is the time-blind field of an ordinary stack.
     `residual_gate="rezero"` scales each sub-layer's update by a learned scalar that
     starts at 0 (ReZero, SkipInit), so the block starts as the identity.
+
+    The loss never needs the logits of a whole batch at once: `loss_chunk` positions
+    per chunk are decoded, scored and recomputed in the backward pass (MaxText's
+    vocabulary tiling, over positions), and a masked model with `masked_positions`
+    decodes only that many target positions per row (BERT's max_predictions_per_seq;
+    the data keeps at most that many targets). `logits_dtype` is the decoder
+    matmul's output dtype (None: `dtype`).
+
+    `remat` rematerialises inside one evaluation of the block; `solve_checkpoints`
+    keeps only that many of a fixed-step solve's states for the backward pass and
+    recomputes the others (None: every state), which is where a shared model's
+    activation memory grows with N.
     """
 
     vocab_size: int = 512
@@ -158,6 +172,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     attention: str = "xla"
     remat: str = "none"
+    solve_checkpoints: int | None = None
+    logits_dtype: str | None = None
+    loss_chunk: int | None = None
+    masked_positions: int | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "width", "heads", "mlp_width", "max_length"):
@@ -165,6 +183,11 @@ class ModelConfig:
         _require_int("type_vocab_size", self.type_vocab_size, minimum=0)
         _require_int("inner_layers", self.inner_layers, minimum=1)
         _require_int("time_features", self.time_features, minimum=0)
+        for name in ("solve_checkpoints", "loss_chunk", "masked_positions"):
+            if getattr(self, name) is not None:
+                _require_int(name, getattr(self, name), minimum=1)
+        if self.masked_positions is not None and self.objective != "masked":
+            raise ConfigError("masked_positions", f"applies to the masked objective only, not {self.objective!r}")
         if self.time_features % 2:
             raise ConfigError("time_features", f"must be even (a sine and a cosine per frequency), "
                                                f"got {self.time_features}")

@@ -16,14 +16,19 @@ from odeplm.core.embeddings import Embeddings
 from odeplm.core.sharding import constrain
 
 
-def tied_decode(x: Float[Array, "batch seq embed"], embeddings: Embeddings) -> Float[Array, "batch seq vocab"]:
-    return constrain(embeddings.word.attend(x), ("batch", None, "act_vocab"))
+def tied_decode(x: Float[Array, "batch seq embed"], embeddings: Embeddings,
+                config: ModelConfig) -> Float[Array, "batch seq vocab"]:
+    """Logits against the word-embedding table, in `config.logits_dtype` (the matmul's output type)."""
+    table = embeddings.word.embedding[...].astype(x.dtype)
+    logits = jnp.einsum("bse,ve->bsv", x, table, preferred_element_type=jnp.dtype(config.logits_dtype or x.dtype))
+    return constrain(logits, ("batch", None, "act_vocab"))
 
 
 class MaskedLMHead(nnx.Module):
     """ALBERT's MLM head: dense to the embedding size, activation, LayerNorm, tied decoder plus bias."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
         self.activation = ACTIVATIONS[config.activation]
         self.dense = dense(config, config.width, config.embedding_size, ("heads", "embed"), rngs)
         self.norm = layer_norm(config, config.embedding_size, rngs)
@@ -35,13 +40,15 @@ class MaskedLMHead(nnx.Module):
 
     def __call__(self, h: Float[Array, "batch seq width"], embeddings: Embeddings) -> Float[Array, "batch seq vocab"]:
         x = self.norm(self.activation(self.dense(h)))
-        return tied_decode(x, embeddings) + self.bias[...].astype(x.dtype)[None, None]
+        logits = tied_decode(x, embeddings, self.config)
+        return logits + self.bias[...].astype(logits.dtype)[None, None]
 
 
 class CausalLMHead(nnx.Module):
     """GPT's head: the tied decoder, after a projection when embeddings are factorised."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
         self.projection = (
             dense(config, config.width, config.embedding_size, ("heads", "embed"), rngs)
             if config.embedding_size != config.width
@@ -49,7 +56,7 @@ class CausalLMHead(nnx.Module):
         )
 
     def __call__(self, h: Float[Array, "batch seq width"], embeddings: Embeddings) -> Float[Array, "batch seq vocab"]:
-        return tied_decode(h if self.projection is None else self.projection(h), embeddings)
+        return tied_decode(h if self.projection is None else self.projection(h), embeddings, self.config)
 
 
 POOLINGS = ("first", "last", "mean")

@@ -94,8 +94,16 @@ class LanguageModel(nnx.Module):
     ) -> ModelOutput:
         """Logits at every position. `solve`: None (training discretisation), one
         solve for all segments, or one per segment; see `plan_solves`."""
-        encoded = self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key)
-        return ModelOutput(self.head(encoded.hidden, self.encoder.embeddings), *encoded)
+        encoded = self.encode(tokens, padding_mask, token_types, solve=solve, key=key)
+        return ModelOutput(self.decode(encoded.hidden), *encoded)
+
+    def encode(self, tokens, padding_mask=None, token_types=None, *, solve=None, key=None) -> Encoded:
+        """The final hidden states, before the head: what a loss decodes a chunk at a time."""
+        return self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key)
+
+    def decode(self, hidden: Float[Array, "batch seq width"]) -> Float[Array, "batch seq vocab"]:
+        """Logits of hidden states at any positions (all of a sequence, a chunk, or gathered targets)."""
+        return self.head(hidden, self.encoder.embeddings)
 
 
 class SequenceClassifier(nnx.Module):

@@ -50,7 +50,10 @@ def integrate(
     """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success).
 
     Fixed-step solves lower to one loop of exactly `steps` iterations and keep
-    every step for the backward pass (as a scan would); adaptive solves use a PID
+    every step for the backward pass (as a scan would), or only the block's
+    `solve_checkpoints` of them, recomputing the rest from the nearest one
+    (diffrax's binomial checkpointing: the remat of the loop, where a shared
+    model's activation memory lives); adaptive solves use a PID
     controller starting from one step over the whole span, so every evaluation
     is counted in NFE. First-same-as-last solvers start from f(0, h) evaluated
     here once; diffrax would otherwise re-evaluate it after every rejected first
@@ -68,7 +71,8 @@ def integrate(
         dt0 = span / solve.steps
         controller = diffrax.ConstantStepSize()
         max_steps = solve.steps
-        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=solve.steps)
+        kept = min(solve.steps, block.solve_checkpoints or solve.steps)
+        adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=kept)
     if solve.solver == "ln_euler" and block.norm != "post":
         raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
     args = (block, mask, key, span)

@@ -32,7 +32,9 @@ class Batches:
     """Batches over windows of `length + 1` tokens (`TokenWindows`, or an array of
     rows: anything indexed by an array of window ids) for a masked or causal
     objective, or over a task's examples (`ExampleRecords`); `group_name` says what
-    the examples' groups count (None: no groups)."""
+    the examples' groups count (None: no groups). A masked objective keeps at most
+    `max_targets` targets per row, the first chosen (None: no cap), so that a
+    model decoding that many positions (`ModelConfig.masked_positions`) scores them all."""
 
     windows: TokenWindows | ExampleRecords | np.ndarray
     global_batch: int
@@ -40,6 +42,7 @@ class Batches:
     vocab_size: int
     seed: int = 0
     mask_rate: float = 0.15
+    max_targets: int | None = None
     shuffle: bool = True
     group_name: str | None = None
 
@@ -90,6 +93,8 @@ class Batches:
         [MASK], 10% a random token, 10% stay. Padding is never chosen."""
         rng = np.random.default_rng([self.seed, position, 1])
         chosen = (rng.random(row.shape) < self.mask_rate) & (row != PAD)
+        if self.max_targets is not None:
+            chosen &= np.cumsum(chosen) <= self.max_targets
         action = rng.random(row.shape)
         random_tokens = rng.integers(MASK + 1, self.vocab_size, row.shape)
         inputs = np.where(chosen & (action < 0.8), MASK, row)
@@ -98,10 +103,11 @@ class Batches:
 
 
 def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols, *, length: int,
-                  batch_size: int, objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded") -> Batches:
+                  batch_size: int, objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded",
+                  max_targets: int | None = None) -> Batches:
     """Batches over one prepared split (see `odeplm.data.prepared`); our own
     local datasets are prepared on first use."""
     files = (prepare_split(dataset, split, data_dir, tokenizer) if builds_locally(dataset)
              else TokenFiles.open(dataset, split, data_dir, tokenizer))
     return Batches(files.records(length, index), batch_size, objective, tokenizer.vocab_size, seed=seed,
-                   shuffle=shuffle, group_name=files.group_name)
+                   max_targets=max_targets, shuffle=shuffle, group_name=files.group_name)

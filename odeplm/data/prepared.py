@@ -181,7 +181,8 @@ class TokenWindows:
             return self[np.array([index])][0]
         rows = np.asarray(index).tolist()
         spans = [self._records(i * self.length, (i + 1) * self.length + 1) for i in rows]
-        records = {key: self.source[key] for span in spans for key, _, _ in span}
+        keys = list(dict.fromkeys(key for span in spans for key, _, _ in span))
+        records = dict(zip(keys, self.source.__getitems__(keys)))  # one batched read: lookups run in parallel
         out = np.empty((len(rows), self.length + 1), np.int32)
         for row, span in zip(out, spans):
             filled = 0

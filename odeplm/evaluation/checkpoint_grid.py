@@ -53,7 +53,8 @@ def accelerate(checkpoint: str, *, out: str | None = None, step: int | None = No
     dataset = dataset or run.dataset
     config = loaded.model.config
     split = split_batches(dataset, "validation", loaded.data_dir(data_dir), loaded.tokenizer, length=config.max_length,
-                          batch_size=batch_size, objective=config.objective, seed=run.seed, shuffle=False)
+                          batch_size=batch_size, objective=config.objective, seed=run.seed, shuffle=False,
+                          max_targets=config.masked_positions)
     validation = validation_batches(split, batches)
     points = grid_points(loaded.model, solvers or DEFAULT_SOLVERS, steps, extra, max_nfe)
     rows = run_grid(loaded.model, points, validation, rounds)

@@ -28,8 +28,8 @@ from odeplm.evaluation.timing import Compiled
 
 def token_metrics(model, batch: dict, solves: SolvePlan) -> dict:
     """Token loss, weight and correct predictions per row of a batch of `Batches`."""
-    loss, weight, correct, out = batch_rows(model, batch, solves=solves)
-    return {"loss": loss, "weight": weight, "correct": correct, "nfe": out.nfe, "ok": out.ok}
+    rows, out = batch_rows(model, batch, solves=solves)
+    return {"loss": rows.loss, "weight": rows.weight, "correct": rows.correct, "nfe": out.nfe, "ok": out.ok}
 
 
 def classification_metrics(model, batch: dict, solves: SolvePlan) -> dict:

@@ -25,11 +25,11 @@ from odeplm.runs.recipe import Discretisation, Distillation
 def default_config() -> ConfigDict:
     config = ConfigDict()
     config.seed = 0
-    # ModelConfig's own defaults; unset optional fields stay typed placeholders so
-    # that --config.model.embedding_size=128 still parses (None: equal to the width).
+    # ModelConfig's own defaults; unset optional fields stay placeholders typed from their
+    # annotations, so that --config.model.embedding_size=128 still parses (None: equal to the width).
+    optional = {"int | None": int, "bool | None": bool, "str | None": str}
     config.model = ConfigDict({
-        field.name: config_dict.placeholder(int if field.name == "embedding_size" else bool)
-        if field.default is None else field.default
+        field.name: config_dict.placeholder(optional[field.type]) if field.default is None else field.default
         for field in dataclasses.fields(ModelConfig)
     })
     config.model.update(vocab_size=2048, width=256, heads=4, mlp_width=1024)
@@ -54,6 +54,8 @@ def default_config() -> ConfigDict:
         # the sandwich rule (odeplm.runs.recipe.Distillation): coarse step counts trained beside full depth
         # (solver "" -> the training solver)
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
+        # trace steps [profile_start, profile_start + profile_steps) with jax.profiler into WORKDIR/tensorboard
+        profile_start=1, profile_steps=0,
     ))
     config.checkpoint = ConfigDict(dict(every=200, keep=3, async_save=True))
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -102,6 +104,8 @@ class TrainSettings:
     mesh: tuple[int, int, int]
     discretisation: Discretisation
     distillation: Distillation
+    profile_start: int
+    profile_steps: int
 
     @classmethod
     def from_saved(cls, run: Mapping[str, Any]) -> "TrainSettings":
@@ -122,7 +126,8 @@ class TrainSettings:
             "seed": (config.seed, 0), "train.steps": (train.steps, 1), "train.batch_size": (train.batch_size, 1),
             "train.warmup_steps": (train.warmup_steps, 0), "train.grad_accum": (train.grad_accum, 1),
             "train.log_every": (train.log_every, 1), "train.eval_batches": (train.eval_batches, 1),
-            "train.eval_every": (train.eval_every, 0),
+            "train.eval_every": (train.eval_every, 0), "train.profile_start": (train.profile_start, 0),
+            "train.profile_steps": (train.profile_steps, 0),
             "data.shards": (data.shards, 1), "data.workers": (data.workers, 0),
             "data.read_threads": (data.read_threads, 1), "data.tokenizer_characters": (data.tokenizer_characters, 1),
             "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
@@ -160,4 +165,5 @@ class TrainSettings:
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
                                             train.distill_label_weight, train.distill_hidden_weight,
                                             str(train.distill_solver)),
+            profile_start=train.profile_start, profile_steps=train.profile_steps,
         )

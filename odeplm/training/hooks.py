@@ -69,3 +69,29 @@ class StopSignals:
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+class ProfileWindow:
+    """Traces steps [start, start + count) with `jax.profiler` into `directory` (the
+    run's TensorBoard directory, where TensorBoard's profile plugin finds it), as
+    MaxText's profiler option does: what a pod user opens to see where a step goes."""
+
+    def __init__(self, start: int, count: int, directory: str):
+        self.start, self.end, self.directory = start, start + count, directory
+        self.tracing = False
+
+    def before(self, step: int) -> None:
+        if step == self.start and self.end > self.start:
+            jax.profiler.start_trace(self.directory)
+            self.tracing = True
+
+    def after(self, done: int, outputs) -> None:
+        if self.tracing and done == self.end:
+            self.stop(outputs)
+
+    def stop(self, outputs) -> None:
+        """Ends the trace once `outputs` are computed, so the last step is in it."""
+        if self.tracing:
+            jax.block_until_ready(outputs)
+            jax.profiler.stop_trace()
+            self.tracing = False

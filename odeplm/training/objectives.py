@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array
 
-from odeplm.core.losses import batch_loss
+from odeplm.core.losses import batch_rows
 from odeplm.core.solvers import SolvePlan
 from odeplm.runs.recipe import Distillation
 
@@ -20,21 +19,20 @@ def training_loss(model, batch: dict, *, solves: SolvePlan, coarse: tuple[SolveP
     predictions (see `Distillation`). The sums hold the full-depth loss, weight,
     correct predictions, the coarse solves' label losses and the NFE of all terms."""
     keys = [None] * (len(coarse) + 1) if key is None else list(jax.random.split(key, len(coarse) + 1))
-    loss, weight, correct, full = batch_loss(model, batch, solves=solves, key=keys[0])
+    rows, full = batch_rows(model, batch, solves=solves, key=keys[0])
+    loss = jnp.sum(rows.loss)
     objective, nfe, coarse_losses = loss, full.nfe, []
-    if coarse:
-        teacher = jax.lax.stop_gradient(jax.nn.softmax(full.logits.astype(jnp.float32), axis=-1))
-        teacher_hidden = jax.lax.stop_gradient(full.hidden.astype(jnp.float32))
+    teacher = jax.lax.stop_gradient(full.hidden) if coarse else None
     for plan, (_, term_weight), term_key in zip(coarse, distillation.terms(), keys[1:]):
-        label_loss, _, _, out = batch_loss(model, batch, solves=plan, key=term_key)
-        soft = optax.softmax_cross_entropy(out.logits.astype(jnp.float32), teacher)
+        term_rows, out = batch_rows(model, batch, solves=plan, key=term_key, teacher=teacher)
+        label_loss = jnp.sum(term_rows.loss)
         mix = distillation.label_weight
-        term = mix * label_loss + (1 - mix) * jnp.sum(soft * batch["weights"])
+        term = mix * label_loss + (1 - mix) * jnp.sum(term_rows.soft_loss)
         if distillation.hidden_weight:
-            squares = jnp.mean(jnp.square(out.hidden.astype(jnp.float32) - teacher_hidden), axis=-1)
+            squares = jnp.mean(jnp.square(out.hidden.astype(jnp.float32) - teacher.astype(jnp.float32)), axis=-1)
             term += distillation.hidden_weight * jnp.sum(squares * batch["weights"])
         objective += term_weight * term
         nfe += out.nfe
         coarse_losses.append(label_loss)
-    return objective, {"loss": loss, "weight": weight, "correct": correct, "nfe": nfe,
+    return objective, {"loss": loss, "weight": jnp.sum(rows.weight), "correct": jnp.sum(rows.correct), "nfe": nfe,
                        "coarse_losses": jnp.stack(coarse_losses) if coarse else jnp.zeros(0)}

@@ -24,12 +24,13 @@ class Generation:
     dims: int  # torus dimensions in a topology name: v5e is 2D, v4 and v5p 3D
     chips_per_host: tuple[int, ...]  # host bounds, as libtpu wants them
     peak_bf16_flops: float  # per chip
+    hbm_bytes_per_s: float  # per chip
 
 
 GENERATIONS = {
-    "v4": Generation("v4", 32 * GIB, 3, (2, 2, 1), 275e12),
-    "v5e": Generation("v5e", int(15.75 * GIB), 2, (2, 2, 1), 197e12),
-    "v5p": Generation("v5p", 95 * GIB, 3, (2, 2, 1), 459e12),
+    "v4": Generation("v4", 32 * GIB, 3, (2, 2, 1), 275e12, 1200e9),
+    "v5e": Generation("v5e", int(15.75 * GIB), 2, (2, 2, 1), 197e12, 819e9),
+    "v5p": Generation("v5p", 95 * GIB, 3, (2, 2, 1), 459e12, 2765e9),
 }
 
 

@@ -38,7 +38,7 @@ from odeplm.runs.checkpoint import Checkpointer
 from odeplm.runs.lock import WorkdirLock
 from odeplm.runs.paths import run_path
 from odeplm.runs.settings import TrainSettings
-from odeplm.training.hooks import Hook, StopSignals, run_hooks
+from odeplm.training.hooks import Hook, ProfileWindow, StopSignals, run_hooks
 from odeplm.training.metrics import MetricWindow, MetricWriter, measure_matmul_peak
 from odeplm.training.program import BATCH_FIELDS, TrainProgram
 
@@ -125,7 +125,7 @@ class Trainer:
         return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,
                              length=self.model_config.max_length, batch_size=self.settings.batch_size,
                              objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle,
-                             index=self.settings.record_index)
+                             index=self.settings.record_index, max_targets=self.model_config.masked_positions)
 
     def __enter__(self) -> Trainer:
         return self
@@ -178,24 +178,29 @@ class Trainer:
             Hook("save", settings.checkpoint_every, save, at_end=True),
         ]
         done = self.start_step
+        profile = ProfileWindow(settings.profile_start, settings.profile_steps, os.fspath(self.path / "tensorboard"))
         reader = self.train_batches.iterate(done, jax.process_index(), jax.process_count(),
                                             threads=settings.read_threads)
         try:
             with StopSignals((settings.log_every, settings.checkpoint_every)) as stop:
                 while done < settings.steps:
+                    profile.before(done)
                     drawn = settings.discretisation.draw(settings.seed, done)
                     local = {field: value for field, value in next(reader).items() if field in BATCH_FIELDS}
                     key = jax.random.fold_in(jax.random.key(settings.seed), done)
-                    self.state, metrics = self.program.step_function(drawn)(
-                        self.state, global_batch(local, self.mesh), key)
+                    with jax.profiler.StepTraceAnnotation("train", step_num=done):  # a profile's step marker
+                        self.state, metrics = self.program.step_function(drawn)(
+                            self.state, global_batch(local, self.mesh), key)
                     window.add(done, drawn, metrics)
                     done += 1
+                    profile.after(done, self.state)
                     stopping = stop.agreed(done)
                     run_hooks(hooks, done, end=stopping or done == settings.steps)
                     if stopping:
                         log.warning("stop requested (SIGTERM or Ctrl-C): saved step %d and stopping", done)
                         break
         finally:
+            profile.stop(self.state)
             progress.close()
             self.checkpointer.wait()
             writer.close()
