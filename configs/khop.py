@@ -23,7 +23,12 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   equal share of the first 1000 steps, then 8; `depth4_curriculum`: 2, 3, 4;
   at L = 2 the curriculum is the plain model), random depth per batch as Huginn draws its recurrence
   (`depth8_random_depth`: 2 to 8 layers), and a lower learning rate
-  (`depth8_lr5e-4`).
+  (`depth8_lr5e-4`);
+- one model at every speed, starting from the curriculum: random N over 1-4
+  layers after the climb (`depth4_curriculum_random`), and the sandwich rule
+  with its coarse terms (the first N layers, in-place distillation) joining at
+  step 1200, once full depth has formed its circuit
+  (`depth4_curriculum_sandwich_late`: N = 1, 2; `depth8_curriculum_sandwich_late`: N = 2, 4).
 """
 
 from odeplm.runs.settings import default_config
@@ -40,6 +45,16 @@ MODELS = {
     "depth4_curriculum": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth",
                                                 curriculum_steps=1000)),
     "depth8_random_depth": (dict(depth="8"), _LADDER),
+    # one model at every speed, from the curriculum: random N after the climb, and the sandwich's coarse terms
+    # (the first N layers, with in-place distillation) joining once full depth has formed its circuit
+    "depth4_curriculum_random": (dict(depth="4"), dict(step_counts="1,2,3,4", step_mode="depth",
+                                                       curriculum_steps=1000)),
+    "depth4_curriculum_sandwich_late": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1",
+                                                              step_mode="depth", curriculum_steps=1000,
+                                                              distill_steps="1,2", distill_start=1200)),
+    "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
+                                                              curriculum_steps=1000, distill_steps="2,4",
+                                                              distill_start=1200)),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
 }
 STEPS = 2000

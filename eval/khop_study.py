@@ -20,7 +20,7 @@ import numpy as np
 
 from configs import khop as khop_configs
 from odeplm.core.config import ModelConfig
-from odeplm.core.solvers import SOLVERS
+from odeplm.core.solvers import SOLVERS, Solve
 from odeplm.evaluation.report import markdown
 
 LEARNED = 0.9  # a hop count is learned once its validation accuracy reaches this
@@ -134,9 +134,15 @@ def full_depth(found: dict) -> dict:
 
 
 def at(found: dict, solve: str) -> dict | None:
-    """The grid point running `solve` in every segment."""
-    return next((row for row in found["points"] if row["kind"] != "truncated" and set(row["solves"]) == {solve}),
-                None)
+    """The grid point running `solve` in every segment; Euler at the trained step size over N layers is the
+    model's first N layers (its truncation, or full depth at N = L)."""
+    row = next((row for row in found["points"] if row["kind"] != "truncated" and set(row["solves"]) == {solve}),
+               None)
+    parsed = Solve.parse(solve)
+    if row is None and parsed.solver == "euler" and parsed.span == parsed.steps:
+        row = next((row for row in found["points"] if row["kind"] == "truncated" and row["layers"] == parsed.steps
+                    or row["kind"] == "full depth" and row["nfe"] == parsed.steps), None)
+    return row
 
 
 def _hops(row: dict) -> list[str]:

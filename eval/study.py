@@ -271,7 +271,7 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2"), "curriculum": ("depth
                                                                          "depth2")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
-KHOP_RECIPES = ()
+KHOP_RECIPES = ("depth8_curriculum", "depth8_curriculum_sandwich_late")
 
 
 def khop_table(name: str) -> str:

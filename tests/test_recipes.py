@@ -95,7 +95,7 @@ def test_sandwich_gradient_equals_the_objective_written_out(rng):
     distillation = Distillation(steps=(1, 2), weights=(2.0, 0.5), label_weight=label_weight,
                                 hidden_weight=hidden_weight, solver="midpoint")  # coarse terms at midpoint:1, :2
     depth = model.config.depth
-    coarse = distillation.coarse_solves(depth, "euler")
+    coarse = distillation.coarse_solves(depth, Discretisation())
 
     def ours(params):
         return training_loss(nnx.merge(graphdef, params), batch, solves=plan_solves(depth), coarse=coarse,
@@ -145,3 +145,16 @@ def test_depth_mode_and_curriculum_draw_shallower_models_first():
                          (dict(curriculum=-1), "train.curriculum_steps")):
         with pytest.raises(ConfigError, match=message):
             Discretisation(**bad)
+
+
+def test_coarse_terms_follow_the_step_mode_and_join_at_their_start():
+    depth = parse_depth("4")
+    distillation = Distillation(steps=(1, 2), start=300)
+    span = distillation.coarse_solves(depth, Discretisation())
+    assert span == ((Solve("euler", 1),), (Solve("euler", 2),))  # steps of size 4 and 2 over the span
+    layers = distillation.coarse_solves(depth, Discretisation(steps=(2, 3, 4), mode="depth"))
+    assert layers == ((Solve("euler", 1, span=1.0),), (Solve("euler", 2, span=2.0),))  # the first 1 and 2 layers
+    assert [distillation.active(s) for s in (0, 299, 300)] == [False, False, True]
+    assert not Distillation().active(10**6)
+    with pytest.raises(ConfigError, match="train.distill_start"):
+        Distillation(steps=(1,), start=-1)

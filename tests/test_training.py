@@ -485,3 +485,13 @@ def test_a_profile_window_traces_its_steps_into_the_runs_tensorboard_directory(c
     steps = [dict(event.stats).get("step_num") for plane in ProfileData.from_file(trace).planes
              for line in plane.lines for event in line.events if event.name == "train"]
     assert sorted(steps) == [1, 2]  # the window's steps, each marked
+
+
+def test_coarse_terms_join_at_distill_start(corpus_dir, tmp_path):
+    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1", distill_start=2))
+    with Trainer(config, str(tmp_path / "run")) as trainer:
+        trainer.run()
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [("loss_at_1_steps" in row) for row in rows] == [False, False, True, True]
+    assert all(row["objective"] > row["loss"] for row in rows[2:])  # the coarse term adds to the objective

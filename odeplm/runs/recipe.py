@@ -98,7 +98,9 @@ class Distillation:
     `weights` scale each coarse term against the full-depth one; `hidden_weight`
     adds the mean squared distance to the full-depth final hidden states. The
     coarse terms run `solver` (empty: the training solver), so a model can be
-    taught to be accurate under a higher-order method at few steps.
+    taught to be accurate under a higher-order method at few steps. They join
+    after `start` steps (0: from the first), so that full depth can form its
+    circuit before coarse steps must serve too.
     """
 
     steps: tuple[int, ...] = ()  # empty: off
@@ -106,8 +108,11 @@ class Distillation:
     label_weight: float = 0.5
     hidden_weight: float = 0.0
     solver: str = ""
+    start: int = 0
 
     def __post_init__(self):
+        if not is_count(self.start, 0):
+            raise ConfigError("train.distill_start", f"must be an integer >= 0, got {self.start!r}")
         if not all(map(is_count, self.steps)):
             raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
@@ -122,15 +127,21 @@ class Distillation:
 
     @classmethod
     def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
-              solver: str = "") -> "Distillation":
+              solver: str = "", start: int = 0) -> "Distillation":
         """From config strings: steps `"2,4"`, weights `"1,1"`."""
         return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
-                   float(label_weight), float(hidden_weight), solver)
+                   float(label_weight), float(hidden_weight), solver, start)
+
+    def active(self, step: int) -> bool:
+        """Whether the coarse terms train at `step` (0-based)."""
+        return bool(self.steps) and step >= self.start
 
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(step count, weight) of each coarse term."""
         return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))
 
-    def coarse_solves(self, depth: DepthPlan, training_solver: str) -> tuple[SolvePlan, ...]:
-        """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment."""
-        return tuple(tuple(Solve(self.solver or training_solver, n) for _ in depth) for n in self.steps)
+    def coarse_solves(self, depth: DepthPlan, discretisation: "Discretisation") -> tuple[SolvePlan, ...]:
+        """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment,
+        over the segment's span, or in depth mode at the segment's own step size (its first N layers)."""
+        return tuple(dataclasses.replace(discretisation, solver=self.solver or discretisation.solver).solves(depth, n)
+                     for n in self.steps)

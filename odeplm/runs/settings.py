@@ -54,6 +54,7 @@ def default_config() -> ConfigDict:
         # the sandwich rule (odeplm.runs.recipe.Distillation): coarse step counts trained beside full depth
         # (solver "" -> the training solver)
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
+        distill_start=0,  # the coarse terms join after this many steps
         # trace steps [profile_start, profile_start + profile_steps) with jax.profiler into WORKDIR/tensorboard
         profile_start=1, profile_steps=0,
     ))
@@ -164,6 +165,6 @@ class TrainSettings:
                                                 train.step_mode, train.curriculum_steps),
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
                                             train.distill_label_weight, train.distill_hidden_weight,
-                                            str(train.distill_solver)),
+                                            str(train.distill_solver), train.distill_start),
             profile_start=train.profile_start, profile_steps=train.profile_steps,
         )

@@ -94,7 +94,7 @@ class TrainProgram:
         shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params_shape, "opt_state": opt_shape}
         self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                            shapes, self.state_shardings)
-        self._step_functions: dict[int | None, Any] = {}
+        self._step_functions: dict[tuple[int | None, bool], Any] = {}
 
     def init_state(self) -> dict:
         """Fresh parameters and optimizer state from `settings.seed`, created already sharded."""
@@ -118,16 +118,18 @@ class TrainProgram:
         """Every step count the recipe can draw (None: the depth plan's own)."""
         return self.settings.discretisation.steps or (None,)
 
-    def step_function(self, steps: int | None):
-        """The jitted training step for one drawn step count; its activations are
-        constrained under this program's mesh, so it lowers the same anywhere."""
-        if steps not in self._step_functions:
+    def step_function(self, steps: int | None, distilling: bool = True):
+        """The jitted training step for one drawn step count, with or without the
+        sandwich's coarse terms; its activations are constrained under this
+        program's mesh, so it lowers the same anywhere."""
+        distillation = self.settings.distillation
+        if (steps, distilling) not in self._step_functions:
             step = functools.partial(
                 train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
                 solves=self.settings.discretisation.solves(self.model_config.depth, steps),
-                coarse=self.settings.distillation.coarse_solves(self.model_config.depth,
-                                                                self.settings.discretisation.solver),
-                distillation=self.settings.distillation,
+                coarse=distillation.coarse_solves(self.model_config.depth, self.settings.discretisation)
+                if distilling else (),
+                distillation=distillation,
                 accum=self.settings.grad_accum,
                 dropout=self.model_config.dropout > 0 or self.model_config.attention_dropout > 0,
             )
@@ -136,12 +138,12 @@ class TrainProgram:
                 with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
                     return step(state, batch, key)
 
-            self._step_functions[steps] = jax.jit(
+            self._step_functions[steps, distilling] = jax.jit(
                 under_mesh,
                 in_shardings=(self.state_shardings, batch_sharding(self.mesh), replicated(self.mesh)),
                 out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0,
             )
-        return self._step_functions[steps]
+        return self._step_functions[steps, distilling]
 
     def lower(self, steps: int | None):
         """The train step for `steps`, lowered on abstract arguments (nothing allocated)."""
