@@ -140,7 +140,7 @@ class Distillation:
         """(step count, weight) of each coarse term."""
         return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))
 
-    def coarse_solves(self, depth: DepthPlan, discretisation: "Discretisation") -> tuple[SolvePlan, ...]:
+    def coarse_solves(self, depth: DepthPlan, discretisation: Discretisation) -> tuple[SolvePlan, ...]:
         """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment,
         over the segment's span, or in depth mode at the segment's own step size (its first N layers)."""
         return tuple(dataclasses.replace(discretisation, solver=self.solver or discretisation.solver).solves(depth, n)
