@@ -236,7 +236,6 @@ class Block(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.remat = config.remat
-        self.solve_checkpoints = config.solve_checkpoints
         self.norm = config.norm
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.inner_layers)])
         self.time = TimeModulation(config, rngs=rngs) if config.time_features else None

@@ -67,7 +67,8 @@ class Encoder(nnx.Module):
         nfe, ok = jnp.zeros((), jnp.int32), jnp.ones((), bool)
         for block, segment, solve, segment_key in zip(self.blocks, config.depth, solves, keys[1:]):
             h, segment_nfe, segment_ok = integrate(
-                block, h, mask, span=solve.span or segment.span, solve=solve, key=segment_key, padding_mask=padding_mask
+                block, h, mask, span=solve.span or segment.span, solve=solve, key=segment_key,
+                padding_mask=padding_mask, checkpoints=config.solve_checkpoints,
             )
             nfe, ok = nfe + segment_nfe, ok & segment_ok
         if self.final_norm is not None:

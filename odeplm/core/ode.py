@@ -46,12 +46,13 @@ def integrate(
     solve: Solve,
     key: PRNGKeyArray | None = None,
     padding_mask: Bool[Array, "batch seq"] | None = None,
+    checkpoints: int | None = None,
 ) -> tuple[Float[Array, "batch seq width"], Int[Array, ""], Bool[Array, ""]]:
     """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success).
 
     Fixed-step solves lower to one loop of exactly `steps` iterations and keep
-    every step for the backward pass (as a scan would), or only the block's
-    `solve_checkpoints` of them, recomputing the rest from the nearest one
+    every step for the backward pass (as a scan would), or only `checkpoints`
+    of them (`ModelConfig.solve_checkpoints`), recomputing the rest from the nearest one
     (diffrax's binomial checkpointing: the remat of the loop, where a shared
     model's activation memory lives); adaptive solves use a PID
     controller starting from one step over the whole span, so every evaluation
@@ -71,7 +72,7 @@ def integrate(
         dt0 = span / solve.steps
         controller = diffrax.ConstantStepSize()
         max_steps = solve.steps
-        kept = min(solve.steps, block.solve_checkpoints or solve.steps)
+        kept = min(solve.steps, checkpoints or solve.steps)
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=kept)
     if solve.solver == "ln_euler" and block.norm != "post":
         raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
