@@ -33,6 +33,14 @@ from odeplm import ConfigError, ModelConfig, Segment
         ("depth", "4@-1"),
         ("depth", ()),
         ("depth", (4,)),
+        ("solve_checkpoints", 0),
+        ("loss_chunk", 0),
+        ("loss_chunk", 16.0),
+        ("masked_positions", -1),
+        ("masked_positions", 20),  # the default objective is causal: there are no masked positions
+        ("logits_dtype", "float16"),
+        ("remat", "some"),
+        ("residual_gate", "skip"),
     ],
 )
 def test_each_invalid_field_is_named(field, value):

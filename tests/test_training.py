@@ -299,6 +299,9 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(train=dict(distill_steps="1,2", distill_weights="1")), ConfigError, "train.distill_weights"),
         (dict(train=dict(distill_steps="1", distill_label_weight=1.5)), ConfigError, "train.distill_label_weight"),
         (dict(train=dict(distill_steps="1", distill_solver="rk5")), ConfigError, "train.distill_solver"),
+        (dict(train=dict(profile_steps=-1)), ConfigError, "train.profile_steps"),
+        (dict(train=dict(profile_start=-1, profile_steps=2)), ConfigError, "train.profile_start"),
+        (dict(model=dict(loss_chunk=0)), ConfigError, "loss_chunk"),
     ],
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):
