@@ -35,8 +35,8 @@ def result_path(results: str, name: str) -> str:
 
 def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     """Writes the result file of the trained model `workdir/name`; returns it. Without `grid`, the file holds
-    the model at full depth and its training curve only: enough for a seed replicate of a dedicated model,
-    in a tenth of the time."""
+    the model at full depth, at the solves it is served with at N = L/2 and L/4 (`served_at`) and its
+    training curve only: enough for a seed replicate, in a tenth of the time."""
     from odeplm.data.pipeline import split_batches
     from odeplm.data.tasks import KHopOptions
     from odeplm.evaluation.checkpoint_grid import load_with_tokenizer
@@ -60,8 +60,9 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     record = {"name": name, "model": config.to_dict(), "dataset": run.dataset, "step": loaded.step,
               "training": training_record(run_dir, layers)}
     if not grid:
-        full_depth_only = grid_points(model, (), [layers])[:1]
-        return _write(results, name, {**record, "points": rows(full_depth_only, batches(run.dataset), rounds=1)})
+        served = ",".join(served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)
+        points = grid_points(model, (), [layers])[:1] + (solve_points(model, served) if served else [])
+        return _write(results, name, {**record, "points": rows(points, batches(run.dataset), rounds=1)})
     deeper = [f"euler:{n}@{n * tau:g}" for n in (layers * 3 // 2, 2 * layers)]
     steps = [n for n in (1, 2, 3, 4, 6, 8, 12, 16) if n <= 2 * layers]  # per segment; at most 2L evaluations
     points = grid_points(model, GRID_SOLVERS, steps, deeper, max_nfe=2 * layers)
@@ -157,12 +158,15 @@ def _learned(found: dict) -> str:
 def dedicated_table(results: str, recipes: dict[str, tuple[str, ...]]) -> str:
     """Each dedicated model per seed at its own depth: loss, accuracy per hop count, the steps at which
     each hop count was learned; then, per seed, whether depth pays at each halving."""
-    rows, by_recipe = [], {}
+    rows, by_recipe, listed = [], {}, set()
     for recipe, names in recipes.items():
         for name in names:
             for seed, found in seeds_of(results, name):
                 point = full_depth(found)
                 by_recipe.setdefault(recipe, {}).setdefault(seed, {})[name] = point
+                if (name, seed) in listed:  # a model two recipes share (the shallowest) is listed once
+                    continue
+                listed.add((name, seed))
                 rows.append([f"{name} ({recipe})", str(seed), f"{point['loss']:.4f}", f"{point['accuracy']:.3f}"]
                             + [f"{point['groups'][h]['accuracy']:.3f}" for h in _hops(point)] + [_learned(found)])
     hop_columns = [(f"hops={h}", "r") for h in ("1", "2", "3", "4")]
@@ -234,7 +238,8 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
             within = (abs(mean["loss"] - reference["loss"]) <= max(0.01 * reference["loss"], 0.01)
                       or mean["loss"] <= reference["loss"]) and all(
                 mean["groups"][h]["accuracy"] >= reference["groups"][h]["accuracy"] - 0.01 for h in _hops(mean))
-            rows.append([f"{name} ({len(found)} seeds)", f"N = {n} ({solve})", f"{mean['loss']:.4f}"]
+            seeds = f"{len(found)} seed{'s' if len(found) > 1 else ''}"
+            rows.append([f"{name} ({seeds})", f"N = {n} ({solve})", f"{mean['loss']:.4f}"]
                         + [f"{mean['groups'][h]['accuracy']:.3f}" for h in _hops(mean)]
                         + ["yes" if within else "no"])
     return markdown([("model", "l"), ("served at", "l"), ("loss", "r")]

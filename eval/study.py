@@ -48,7 +48,8 @@ flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_st
                                    "solvers, masked or latency")
 flags.DEFINE_enum("study", "shakespeare", ["shakespeare", "khop"], "the study whose models --evaluate names")
 flags.DEFINE_list("evaluate", [], "models of the study whose result files to (re)make from --workdir")
-flags.DEFINE_bool("grid", True, "k-hop: the whole grid in each result file; --nogrid: full depth and training only")
+flags.DEFINE_bool("grid", True, "k-hop: the whole grid in each result file; "
+                  "--nogrid: full depth, the served speeds and training only")
 flags.DEFINE_string("workdir", "runs/study", "one pre-training workdir per model under here")
 flags.DEFINE_string("results", "docs/study", "result files, one per model")
 flags.DEFINE_string("figures", "docs/figures", "where plots are written")
@@ -267,11 +268,14 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
     plt.close(figure)
 
 
-KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2"), "curriculum": ("depth8_curriculum", "depth4_curriculum",
-                                                                         "depth2")}
+# dedicated models per depth, plain and with the depth curriculum (at L <= 2 the curriculum is the plain model)
+KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
+                  "curriculum": ("depth8_curriculum", "depth4_curriculum", "depth2", "depth1")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
-KHOP_RECIPES = ("depth8_curriculum", "depth8_curriculum_sandwich_late")
+# one model at N = L, L/2, L/4 against the curriculum's dedicated models of those depths
+KHOP_RECIPES = {8: ("depth8_curriculum", "depth8_curriculum_sandwich_late"),
+                4: ("depth4_curriculum", "depth4_curriculum_random", "depth4_curriculum_sandwich_late")}
 
 
 def khop_table(name: str) -> str:
@@ -280,7 +284,10 @@ def khop_table(name: str) -> str:
     if name == "khop_candidates":
         return khop_study.candidates_table(FLAGS.results, "depth8", KHOP_CANDIDATES)
     if name == "khop_recipes":
-        return khop_study.speeds_table(FLAGS.results, KHOP_RECIPES, dict(zip((8, 4, 2), KHOP_DEDICATED["curriculum"])))
+        dedicated = dict(zip((8, 4, 2, 1), KHOP_DEDICATED["curriculum"]))
+        return "\n\n".join(f"At L = {depth}:\n\n" + khop_study.speeds_table(
+            FLAGS.results, models, {n: dedicated[n] for n in (depth, depth // 2, depth // 4)})
+            for depth, models in KHOP_RECIPES.items())
     if name == "khop_steps":
         return khop_study.steps_table(FLAGS.results, "depth8_curriculum")
     raise app.UsageError(f"unknown --table {name!r}")
