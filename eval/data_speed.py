@@ -4,9 +4,11 @@ against what training consumes per host.
 
     python -m eval.data_speed --out results/data_speed.json
     python -m eval.data_speed --sizes 10MB,1GB,10GB --rounds 3
+    python -m eval.data_speed --sizes 1GB --shards 16,1024   # records per shard set an offloaded lookup's cost
 
 Each corpus is written once under --corpora with the library's own shard
-writer (random token ids, gpt2_small_shared's vocabulary). Every read runs in a
+writer (random token ids, gpt2_small_shared's vocabulary), in each of --shards
+shard counts. Every read runs in a
 fresh process, the sizes interleaved round by round, through the Trainer's
 reader: `Batches.iterate` over `TokenWindows`, with this host's slice of
 gpt2_small_shared's global batch. Training's consumption per host is
@@ -31,6 +33,7 @@ from odeplm.cli import run
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "write the figures as JSON here")
 flags.DEFINE_string("sizes", "10MB,1GB", "corpus sizes (token bytes)")
+flags.DEFINE_string("shards", "16", "shard counts each corpus is written in")
 flags.DEFINE_integer("rounds", 3, "interleaved rounds of reads")
 flags.DEFINE_integer("steps", 40, "batches timed per read")
 flags.DEFINE_string("corpora", os.path.join(os.path.expanduser("~"), ".cache", "odeplm_data_speed"),
@@ -75,14 +78,14 @@ def training_demand(topology_name: str, mfu: float) -> dict:
             "training_tokens_per_second_per_host": tokens_per_second}
 
 
-def generate(directory: str, size: int, vocab_size: int) -> None:
-    """A corpus of `size` bytes of uint16 token ids in 16 shards, written piece by piece."""
+def generate(directory: str, size: int, shards: int, vocab_size: int) -> None:
+    """A corpus of `size` bytes of uint16 token ids in `shards` shards, written piece by piece."""
     from odeplm.data.prepared import RECORD_TOKENS, count_tokens, write_manifest, write_shard
 
     if os.path.exists(os.path.join(directory, "manifest.json")):
         return
     os.makedirs(directory, exist_ok=True)
-    shards, dtype = 16, np.dtype(np.uint16)
+    dtype = np.dtype(np.uint16)
     per_shard = size // dtype.itemsize // shards
     rng = np.random.default_rng(0)
 
@@ -126,30 +129,34 @@ def main(argv):
         print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
                               demand["vocab_size"], threads, index)))
         return
-    sizes = [s.strip() for s in FLAGS.sizes.split(",")]
-    for size in sizes:
-        generate(os.path.join(FLAGS.corpora, size), parse_size(size), demand["vocab_size"])
-    runs = {size: [] for size in sizes}
+    corpora = [(size.strip(), int(shards)) for size in FLAGS.sizes.split(",") for shards in FLAGS.shards.split(",")]
+    directories = {}
+    for size, shards in corpora:
+        directories[size, shards] = os.path.join(FLAGS.corpora, f"{size}-{shards}shards")
+        generate(directories[size, shards], parse_size(size), shards, demand["vocab_size"])
+    runs = {corpus: [] for corpus in corpora}
     for _ in range(FLAGS.rounds):
-        for size in sizes:
-            command = [sys.executable, "-m", "eval.data_speed", f"--read={os.path.join(FLAGS.corpora, size)}",
+        for corpus in corpora:
+            command = [sys.executable, "-m", "eval.data_speed", f"--read={directories[corpus]}",
                        f"--steps={FLAGS.steps}", f"--topology={FLAGS.topology}", f"--mfu={FLAGS.mfu}",
                        f"--threads={threads}", f"--index={index}"]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[size].append(json.loads(out.strip().splitlines()[-1]))
+            runs[corpus].append(json.loads(out.strip().splitlines()[-1]))
     need = demand["training_tokens_per_second_per_host"]
     print(f"{demand['config']} on {demand['topology']}: {demand['host_batch']} x {demand['length']} tokens per host "
           f"per step; training consumes {need:,.0f} tokens/s per host at NFE {demand['nfe']} and "
           f"{demand['mfu']:.0%} MFU; {threads} reader threads, record index {index}, {os.cpu_count()} cores")
-    print("| corpus | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
-    print("|---|---|---|---|---|")
+    print("| corpus | shards | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|")
     rows = []
-    for size in sizes:
-        speed = float(np.median([r["tokens_per_second"] for r in runs[size]]))
-        rss = max(r["peak_rss_bytes"] for r in runs[size])
-        rows.append({"size": size, "windows": runs[size][0]["windows"], "tokens_per_second": speed,
-                     "ratio_to_training": speed / need, "peak_rss_bytes": rss, "runs": runs[size]})
-        print(f"| {size} | {rows[-1]['windows']:,} | {speed:,.0f} | {speed / need:.1f} | {rss / 2**20:.0f} |")
+    for size, shards in corpora:
+        found = runs[size, shards]
+        speed = float(np.median([r["tokens_per_second"] for r in found]))
+        rss = max(r["peak_rss_bytes"] for r in found)
+        rows.append({"size": size, "shards": shards, "windows": found[0]["windows"], "tokens_per_second": speed,
+                     "ratio_to_training": speed / need, "peak_rss_bytes": rss, "runs": found})
+        print(f"| {size} | {shards} | {rows[-1]['windows']:,} | {speed:,.0f} | {speed / need:.1f} | "
+              f"{rss / 2**20:.0f} |")
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:

@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models that compile in seconds on CPU."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -18,6 +20,14 @@ def tiny_config(**overrides) -> odeplm.ModelConfig:
 
 def tiny_model(seed: int = 0, **overrides) -> odeplm.LanguageModel:
     return odeplm.LanguageModel(tiny_config(**overrides), rngs=nnx.Rngs(seed))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_for_subprocesses(tmp_path_factory):
+    """Subprocesses (training runs, pod compiles) share one compilation cache for the session, so the
+    runs a test repeats compile once; this process imported JAX already and compiles as before."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ def tiny_config(corpus_dir, **sections):
 
 
 def command(workdir, corpus_dir, *overrides):
+    """The training command; it only trains (no validation table) unless the overrides name eval.solves."""
     return [sys.executable, "-m", "train.pretrain", "--config", "configs/tiny.py", "--workdir", str(workdir),
-            f"--config.data.data_dir={corpus_dir}", "--config.train.log_every=1", *overrides]
+            f"--config.data.data_dir={corpus_dir}", "--config.train.log_every=1", "--config.eval.solves=", *overrides]
 
 
 def environment(devices: int) -> dict:
@@ -181,6 +182,7 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(signum, corpus_dir, tmp_path)
 def test_eight_devices_match_one_and_checkpoints_move_between_meshes(corpus_dir, tmp_path):
     mesh = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
     run(tmp_path / "one", corpus_dir)
+    assert not (tmp_path / "one" / "validation.json").exists()  # no eval.solves: a run that only trains
     run(tmp_path / "eight", corpus_dir, *mesh, devices=8)
     one, eight = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
     assert_same_losses(eight, one, range(1, 41), rtol=1e-5)

@@ -37,7 +37,7 @@ def main(argv):
 
     with Trainer(FLAGS.config, FLAGS.workdir) as trainer:
         summary = trainer.run()
-        if summary["preempted"]:
+        if summary["preempted"] or not FLAGS.config.eval.solves:  # no solves: a run that only trains
             return
         model = nnx.merge(trainer.graphdef, trainer.state["params"])
         rows, table = validation_table(model, trainer.validation_set, FLAGS.config.eval.solves,

@@ -60,6 +60,7 @@ def default_config() -> ConfigDict:
     ))
     config.checkpoint = ConfigDict(dict(every=200, keep=3, async_save=True))
     config.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # the final table's solves, printed with a sample after training ("": the run only trains)
     config.eval = ConfigDict(dict(solves="euler,euler:3,euler:2,euler:1,midpoint:3,heun:3,rk4:1,bosh3:2"))
     return config
 
