@@ -7,9 +7,9 @@ against what training consumes per host.
     python -m eval.data_speed --sizes 1GB --shards 16,1024   # records per shard set an offloaded lookup's cost
 
 Each corpus is written once under --corpora with the library's own shard
-writer (random token ids, gpt2_small_shared's vocabulary), in each of --shards
-shard counts. Every read runs in a
-fresh process, the sizes interleaved round by round, through the Trainer's
+writer (random token ids, gpt2_small_shared's vocabulary), in each of the
+--shards counts. Every read runs in a fresh process, the corpora interleaved
+round by round, through the Trainer's
 reader: `Batches.iterate` over `TokenWindows`, with this host's slice of
 gpt2_small_shared's global batch. Training's consumption per host is
 chips per host x bf16 peak x the assumed MFU / training FLOPs per token, at
@@ -26,9 +26,9 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from odeplm.cli import run
+from odeplm.cli import fail, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "write the figures as JSON here")
@@ -51,8 +51,14 @@ UNITS = {"MB": 10**6, "GB": 10**9}
 def parse_size(text: str) -> int:
     number, unit = text[:-2], text[-2:].upper()
     if unit not in UNITS or not number.isdigit():
-        raise app.UsageError(f"--sizes: {text!r} is not like 10MB or 1GB")
+        fail(f"--sizes: {text!r} is not like 10MB or 1GB")
     return int(number) * UNITS[unit]
+
+
+def parse_shards(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        fail(f"--shards: {text!r} is not a positive number of shards")
+    return int(text)
 
 
 def training_demand(topology_name: str, mfu: float) -> dict:
@@ -129,11 +135,12 @@ def main(argv):
         print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
                               demand["vocab_size"], threads, index)))
         return
-    corpora = [(size.strip(), int(shards)) for size in FLAGS.sizes.split(",") for shards in FLAGS.shards.split(",")]
-    directories = {}
-    for size, shards in corpora:
-        directories[size, shards] = os.path.join(FLAGS.corpora, f"{size}-{shards}shards")
-        generate(directories[size, shards], parse_size(size), shards, demand["vocab_size"])
+    # every flag checked before anything is written
+    sizes = {size.strip(): parse_size(size.strip()) for size in FLAGS.sizes.split(",")}
+    corpora = [(size, parse_shards(shards)) for size in sizes for shards in FLAGS.shards.split(",")]
+    directories = {(size, shards): os.path.join(FLAGS.corpora, f"{size}-{shards}shards") for size, shards in corpora}
+    for (size, shards), directory in directories.items():
+        generate(directory, sizes[size], shards, demand["vocab_size"])
     runs = {corpus: [] for corpus in corpora}
     for _ in range(FLAGS.rounds):
         for corpus in corpora:

@@ -134,3 +134,15 @@ def test_train_prepare_refuses_bad_input_in_one_line(tmp_path, override, message
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train.prepare: ") and message in last and "Traceback" not in result.stderr
     assert not os.listdir(tmp_path) or os.listdir(tmp_path) == ["downloads"]  # nothing prepared
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--sizes=10MB,10XB", "--sizes: '10XB' is not like 10MB or 1GB"),
+    ("--shards=16,0", "--shards: '0' is not a positive number of shards"),
+])
+def test_data_speed_refuses_bad_flags_in_one_line_before_writing(tmp_path, flag, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "eval.data_speed", flag, f"--corpora={tmp_path / 'corpora'}"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == f"eval.data_speed: {message}", result.stderr[-2000:]
+    assert not (tmp_path / "corpora").exists()  # no corpus generated for the good values either
