@@ -28,7 +28,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   layers after the climb (`depth4_curriculum_random`), and the sandwich rule
   with its coarse terms (the first N layers, in-place distillation) joining at
   step 1200, once full depth has formed its circuit
-  (`depth4_curriculum_sandwich_late`: N = 1, 2; `depth8_curriculum_sandwich_late`: N = 2, 4).
+  (`depth4_curriculum_sandwich_late`: N = 1, 2; `depth8_curriculum_sandwich_late`: N = 2, 4); the same with
+  the coarse terms on the labels alone, since a coarse solve cannot reach the hops full depth predicts
+  (`depth4_curriculum_sandwich_late_labels`), and with those terms weighted 2 (`..._labels_heavy`).
 """
 
 from odeplm.runs.settings import default_config
@@ -52,6 +54,12 @@ MODELS = {
     "depth4_curriculum_sandwich_late": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1",
                                                               step_mode="depth", curriculum_steps=1000,
                                                               distill_steps="1,2", distill_start=1200)),
+    "depth4_curriculum_sandwich_late_labels": (dict(depth="4"), dict(
+        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
+        distill_start=1200, distill_label_weight=1.0)),
+    "depth4_curriculum_sandwich_late_labels_heavy": (dict(depth="4"), dict(
+        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
+        distill_start=1200, distill_label_weight=1.0, distill_weights="2,2")),
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),
