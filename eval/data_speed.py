@@ -5,12 +5,14 @@ against what training consumes per host.
     python -m eval.data_speed --out results/data_speed.json
     python -m eval.data_speed --sizes 10MB,1GB,10GB --rounds 3
     python -m eval.data_speed --sizes 1GB --shards 16,1024   # records per shard set an offloaded lookup's cost
+    python -m eval.data_speed --shuffle_blocks 16            # windows drawn 16 blocks at a time, read in sequence
 
 Each corpus is written once under --corpora with the library's own shard
 writer (random token ids, gpt2_small_shared's vocabulary), in each of the
 --shards counts. Every read runs in a fresh process, the corpora interleaved
 round by round, through the Trainer's
-reader: `Batches.iterate` over `TokenWindows`, with this host's slice of
+reader: `Batches.iterate` over `TokenWindows` (or `ShuffledBlocks`, timed over
+at least three groups so that their reads are counted), with this host's slice of
 gpt2_small_shared's global batch. Training's consumption per host is
 chips per host x bf16 peak x the assumed MFU / training FLOPs per token, at
 the recipe's fewest steps (the fastest step eats tokens fastest).
@@ -42,6 +44,8 @@ flags.DEFINE_string("topology", "v5e:4x4", "the pod whose per-host batch and chi
 flags.DEFINE_float("mfu", 0.5, "model-FLOPs utilisation assumed for training's consumption")
 flags.DEFINE_integer("threads", None, "reader threads per process (default: the config's data.read_threads)")
 flags.DEFINE_enum("index", None, ["offloaded", "in_memory"], "record index (default: the config's data.record_index)")
+flags.DEFINE_integer("shuffle_blocks", None, "draw windows this many blocks at a time, each read in sequence "
+                     "(0: uniformly through the record index; default: the config's data.shuffle_blocks)")
 flags.DEFINE_string("read", None, "internal: read this corpus directory and print one JSON line")
 
 FINGERPRINT = "generated"
@@ -79,7 +83,8 @@ def training_demand(topology_name: str, mfu: float) -> dict:
     tokens_per_second = chips_per_host * topology.generation.peak_bf16_flops * mfu / flops_per_token
     return {"config": "gpt2_small_shared", "topology": topology.name, "hosts": hosts,
             "host_batch": settings.batch_size // hosts, "length": model.max_length, "vocab_size": model.vocab_size,
-            "read_threads": settings.read_threads, "record_index": settings.record_index, "nfe": nfe,
+            "read_threads": settings.read_threads, "record_index": settings.record_index,
+            "shuffle_blocks": settings.shuffle_blocks, "nfe": nfe,
             "mfu": mfu,
             "training_tokens_per_second_per_host": tokens_per_second}
 
@@ -107,12 +112,19 @@ def generate(directory: str, size: int, shards: int, vocab_size: int) -> None:
 
 
 def read(directory: str, steps: int, host_batch: int, length: int, vocab_size: int, threads: int,
-         index: str) -> dict:
+         index: str, shuffle_blocks: int) -> dict:
     """Reads `steps` batches as process 0 of a host would; tokens/s and peak RSS."""
+    from odeplm.data.blocks import ShuffledBlocks
     from odeplm.data.pipeline import Batches
     from odeplm.data.prepared import TokenFiles, TokenWindows
 
-    windows = TokenWindows(TokenFiles.read(directory, FINGERPRINT), length, index)
+    files = TokenFiles.read(directory, FINGERPRINT)
+    if shuffle_blocks:
+        windows = ShuffledBlocks(files, length, seed=0, group=shuffle_blocks)
+        group_windows = min(len(windows), shuffle_blocks * windows.block_windows)
+        steps = max(steps, -(-3 * group_windows // host_batch))
+    else:
+        windows = TokenWindows(files, length, index)
     batches = Batches(windows, host_batch, "causal", vocab_size, seed=0)
     reader = batches.iterate(0, threads=threads)
     for _ in range(3):  # threads started, first records read
@@ -122,7 +134,7 @@ def read(directory: str, steps: int, host_batch: int, length: int, vocab_size: i
         batch = next(reader)
     seconds = time.perf_counter() - start
     assert batch["tokens"].shape == (host_batch, length)
-    return {"tokens_per_second": steps * host_batch * length / seconds, "windows": len(windows),
+    return {"tokens_per_second": steps * host_batch * length / seconds, "windows": len(windows), "steps": steps,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
@@ -131,9 +143,12 @@ def main(argv):
     demand = training_demand(FLAGS.topology, FLAGS.mfu)
     threads = FLAGS.threads or demand["read_threads"]
     index = FLAGS.index or demand["record_index"]
+    shuffle_blocks = demand["shuffle_blocks"] if FLAGS.shuffle_blocks is None else FLAGS.shuffle_blocks
+    if shuffle_blocks < 0:
+        fail(f"--shuffle_blocks: {shuffle_blocks} is not a number of blocks (0: uniform windows)")
     if FLAGS.read:
         print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
-                              demand["vocab_size"], threads, index)))
+                              demand["vocab_size"], threads, index, shuffle_blocks)))
         return
     # every flag checked before anything is written
     sizes = {size.strip(): parse_size(size.strip()) for size in FLAGS.sizes.split(",")}
@@ -146,13 +161,15 @@ def main(argv):
         for corpus in corpora:
             command = [sys.executable, "-m", "eval.data_speed", f"--read={directories[corpus]}",
                        f"--steps={FLAGS.steps}", f"--topology={FLAGS.topology}", f"--mfu={FLAGS.mfu}",
-                       f"--threads={threads}", f"--index={index}"]
+                       f"--threads={threads}", f"--index={index}", f"--shuffle_blocks={shuffle_blocks}"]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             runs[corpus].append(json.loads(out.strip().splitlines()[-1]))
     need = demand["training_tokens_per_second_per_host"]
     print(f"{demand['config']} on {demand['topology']}: {demand['host_batch']} x {demand['length']} tokens per host "
           f"per step; training consumes {need:,.0f} tokens/s per host at NFE {demand['nfe']} and "
-          f"{demand['mfu']:.0%} MFU; {threads} reader threads, record index {index}, {os.cpu_count()} cores")
+          f"{demand['mfu']:.0%} MFU; {threads} reader threads, "
+          + (f"windows drawn {shuffle_blocks} blocks at a time" if shuffle_blocks else f"record index {index}")
+          + f", {os.cpu_count()} cores")
     print("| corpus | shards | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     rows = []
@@ -167,7 +184,8 @@ def main(argv):
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:
-            json.dump({"demand": demand, "threads": threads, "record_index": index, "cores": os.cpu_count(),
+            json.dump({"demand": demand, "threads": threads, "record_index": index, "shuffle_blocks": shuffle_blocks,
+                       "cores": os.cpu_count(),
                        "rows": rows}, f, indent=2)
 
 

@@ -12,6 +12,7 @@ import pytest
 from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import EOS
 from odeplm.data import DataError
+from odeplm.data.blocks import ShuffledBlocks
 from odeplm.data.pipeline import split_batches
 from odeplm.data.prepared import (
     TokenFiles,
@@ -60,6 +61,32 @@ def test_windows_match_an_independent_encoding_of_the_split(documents, data_dir,
     batch = batches.batch(3, 1, 2)  # process 1 of 2 reads global rows 21, 22, 23
     np.testing.assert_array_equal(batch["tokens"], stream[21 * 64:24 * 64].reshape(3, 64))
     np.testing.assert_array_equal(batch["targets"], stream[21 * 64 + 1:24 * 64 + 1].reshape(3, 64))
+
+
+def test_shuffled_blocks_visit_every_window_once_per_epoch_a_few_blocks_at_a_time(documents, data_dir, tokenizer):
+    files = prepare_split(documents, "train", data_dir, tokenizer, shards=5, workers=2)
+    stream = independent_stream(documents, "train", data_dir, tokenizer)
+    length, block_windows = 32, 50
+    blocks = ShuffledBlocks(files, length, seed=3, group=2, block_tokens=length * block_windows)
+    n = len(blocks)
+    assert n == (len(stream) - 1) // length and n > 8 * block_windows
+    epochs = [blocks.window_ids(np.arange(e * n, (e + 1) * n)) for e in (0, 1)]
+    for ids in epochs:
+        np.testing.assert_array_equal(np.sort(ids), np.arange(n))  # each window once
+        assert len(np.unique(ids[:block_windows] // block_windows)) <= 2  # the first group: two blocks
+    assert not np.array_equal(*epochs)
+    positions = np.arange(n - 70, n + 70)  # across groups and the epoch's end, as two reader threads would
+    rows = blocks.rows(positions)
+    for row, window in zip(rows, blocks.window_ids(positions)):
+        np.testing.assert_array_equal(row, stream[window * length:(window + 1) * length + 1])
+    again = ShuffledBlocks(files, length, seed=3, group=2, block_tokens=length * block_windows)
+    np.testing.assert_array_equal(again.rows(positions[::-1]), rows[::-1])  # depends on (seed, position) only
+    batches = split_batches(documents, "train", data_dir, tokenizer, length=64, batch_size=6, objective="causal",
+                            seed=5, shuffle=True, shuffle_blocks=1)
+    whole = batches.batch(40)
+    halves = [batches.batch(40, p, 2)["tokens"] for p in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate(halves), whole["tokens"])
+    np.testing.assert_array_equal(next(batches.iterate(40))["targets"], whole["targets"])
 
 
 def test_an_interrupted_prepare_resumes_without_rewriting_finished_shards(documents, data_dir, tokenizer, tmp_path):
@@ -139,6 +166,7 @@ def test_train_prepare_refuses_bad_input_in_one_line(tmp_path, override, message
 @pytest.mark.parametrize("flag, message", [
     ("--sizes=10MB,10XB", "--sizes: '10XB' is not like 10MB or 1GB"),
     ("--shards=16,0", "--shards: '0' is not a positive number of shards"),
+    ("--shuffle_blocks=-1", "--shuffle_blocks: -1 is not a number of blocks (0: uniform windows)"),
 ])
 def test_data_speed_refuses_bad_flags_in_one_line_before_writing(tmp_path, flag, message):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -80,6 +80,9 @@ def test_khop_is_made_prepared_and_read_like_any_dataset(tmp_path):
                            objective="masked", shuffle=False).batch(0)
     np.testing.assert_array_equal(masked["tokens"], read[0]["tokens"])
     np.testing.assert_array_equal(masked["targets"], read[0]["targets"])
+    with pytest.raises(odeplm.ConfigError, match="data.shuffle_blocks: applies to text"):
+        split_batches(TINY_KHOP, "train", str(tmp_path), vocabulary, length=24, batch_size=8, objective="causal",
+                      shuffle=True, shuffle_blocks=2)
     with pytest.raises(odeplm.ConfigError, match="vocabulary of 48 ids, not 512"):
         dataset_tokenizer(TINY_KHOP, str(tmp_path), 512)
 

@@ -295,6 +295,7 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(model=dict(vocab_size=100)), ConfigError, r"model.vocab_size: the corpus needs at least \d+ bpe pieces"),
         (dict(data=dict(record_index="mmap")), ConfigError, "data.record_index"),
         (dict(data=dict(read_threads=0)), ConfigError, "data.read_threads"),
+        (dict(data=dict(shuffle_blocks=-1)), ConfigError, "data.shuffle_blocks"),
         (dict(data=dict(shards=0)), ConfigError, "data.shards"),
         (dict(data=dict(tokenizer="word")), ConfigError, "data.tokenizer"),
         (dict(train=dict(distill_steps="2,0")), ConfigError, "train.distill_steps"),

@@ -20,8 +20,10 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import MASK, PAD
 from odeplm.data import DataError
+from odeplm.data.blocks import ShuffledBlocks
 from odeplm.data.prepared import ExampleRecords, TokenFiles, TokenWindows, prepare_split
 from odeplm.data.sources import builds_locally
 from odeplm.data.tokenizer import Symbols, Tokenizer
@@ -30,13 +32,14 @@ from odeplm.data.tokenizer import Symbols, Tokenizer
 @dataclasses.dataclass(frozen=True, eq=False)
 class Batches:
     """Batches over windows of `length + 1` tokens (`TokenWindows`, or an array of
-    rows: anything indexed by an array of window ids) for a masked or causal
+    rows: anything indexed by an array of window ids; or `ShuffledBlocks`, which
+    keeps its own order, indexed by global position) for a masked or causal
     objective, or over a task's examples (`ExampleRecords`); `group_name` says what
     the examples' groups count (None: no groups). A masked objective keeps at most
     `max_targets` targets per row, the first chosen (None: no cap), so that a
     model decoding that many positions (`ModelConfig.masked_positions`) scores them all."""
 
-    windows: TokenWindows | ExampleRecords | np.ndarray
+    windows: TokenWindows | ExampleRecords | ShuffledBlocks | np.ndarray
     global_batch: int
     objective: str
     vocab_size: int
@@ -71,6 +74,9 @@ class Batches:
         """Element k: the windows at global positions [k * local, (k + 1) * local),
         read in one batched call."""
         order = grain.MapDataset.range(len(self.windows))
+        if isinstance(self.windows, ShuffledBlocks):
+            return order.repeat().batch(local, batch_fn=np.array).map_with_index(
+                lambda k, _: self._finish(self.windows.rows(k * local + np.arange(local)), k * local))
         if self.shuffle:
             order = order.shuffle(seed=self.seed)
         indices = order.repeat().batch(local, batch_fn=np.array)
@@ -104,10 +110,19 @@ class Batches:
 
 def split_batches(dataset: str, split: str, data_dir: str, tokenizer: Tokenizer | Symbols, *, length: int,
                   batch_size: int, objective: str, seed: int = 0, shuffle: bool, index: str = "offloaded",
-                  max_targets: int | None = None) -> Batches:
+                  shuffle_blocks: int = 0, max_targets: int | None = None) -> Batches:
     """Batches over one prepared split (see `odeplm.data.prepared`); our own
-    local datasets are prepared on first use."""
+    local datasets are prepared on first use. A shuffled text split is drawn
+    `shuffle_blocks` blocks at a time (`odeplm.data.blocks`) when that is
+    positive, else uniformly through the record index."""
     files = (prepare_split(dataset, split, data_dir, tokenizer) if builds_locally(dataset)
              else TokenFiles.open(dataset, split, data_dir, tokenizer))
-    return Batches(files.records(length, index), batch_size, objective, tokenizer.vocab_size, seed=seed,
-                   max_targets=max_targets, shuffle=shuffle, group_name=files.group_name)
+    if shuffle and shuffle_blocks:
+        if files.shard_examples:
+            raise ConfigError("data.shuffle_blocks", f"applies to text; {dataset!r} is a task of examples, "
+                                                     f"drawn one record each")
+        windows = ShuffledBlocks(files, length, seed=seed, group=shuffle_blocks)
+    else:
+        windows = files.records(length, index)
+    return Batches(windows, batch_size, objective, tokenizer.vocab_size, seed=seed, max_targets=max_targets,
+                   shuffle=shuffle, group_name=files.group_name)

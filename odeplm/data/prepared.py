@@ -49,6 +49,8 @@ INDEX_OPTIONS = {
     "offloaded": {"index_storage_option": "offloaded", "footer_prefetch_bytes": "0"},
     "in_memory": {"index_storage_option": "in_memory"},
 }
+# A range read in sequence (`TokenFiles.read_tokens`) holds its shard's index only while the shard is open.
+SEQUENTIAL_OPTIONS = "index_storage_option:in_memory"
 TOKENIZER_DOCUMENTS = 100_000  # documents the tokenizer's sample is spread over
 
 
@@ -152,6 +154,27 @@ class TokenFiles:
         return cls(directory, shards, tuple(s["tokens"] for s in manifest["shards"]), np.dtype(manifest["dtype"]),
                    manifest["record_tokens"], tuple(s["examples"] for s in manifest["shards"] if "examples" in s),
                    manifest.get("group_name"))
+
+    def read_tokens(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the split's stream, read in sequence: each shard the
+        range touches is opened (its record index held only while open), its records in
+        the range read in one call, and closed."""
+        shard_starts = np.concatenate([[0], np.cumsum(self.shard_tokens)])
+        pieces = []
+        for shard in range(int(np.searchsorted(shard_starts, start, side="right")) - 1, len(self.shards)):
+            low, high = max(start, shard_starts[shard]), min(stop, shard_starts[shard + 1])
+            if low >= stop:
+                break
+            first = (low - shard_starts[shard]) // self.record_tokens
+            last = -(-(high - shard_starts[shard]) // self.record_tokens)
+            reader = ArrayRecordReader(self.shards[shard], SEQUENTIAL_OPTIONS)
+            try:
+                records = reader.read(int(first), int(last))
+            finally:
+                reader.close()
+            skip = low - shard_starts[shard] - first * self.record_tokens
+            pieces.append(np.frombuffer(b"".join(records), self.dtype)[skip:skip + high - low])
+        return np.concatenate(pieces)
 
     def records(self, length: int, index: str = "offloaded") -> "TokenWindows | ExampleRecords":
         """What batches index: windows of `length` tokens and their targets, or a task's examples cut to `length`."""

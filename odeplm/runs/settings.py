@@ -38,9 +38,12 @@ def default_config() -> ConfigDict:
     # number the corpus holds, which the error names), trained on at most tokenizer_characters
     # of the training split; read_threads read each process's next batches in the background
     # during training; record_index
-    # "offloaded" keeps memory flat whatever the corpus, "in_memory" reads faster.
+    # "offloaded" keeps memory flat whatever the corpus, "in_memory" reads faster; shuffle_blocks 0 draws
+    # training windows uniformly through that index, K > 0 draws them K blocks of 1 Mi tokens at a time,
+    # each read in sequence (odeplm.data.blocks: fast at flat memory, a batch mixes K stretches of the corpus).
     config.data = ConfigDict(dict(dataset="shakespeare", data_dir="", shards=16, workers=0, tokenizer="bpe",
-                                  tokenizer_characters=50_000_000, read_threads=2, record_index="offloaded"))
+                                  tokenizer_characters=50_000_000, read_threads=2, record_index="offloaded",
+                                  shuffle_blocks=0))
     config.train = ConfigDict(dict(
         steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
         grad_accum=1, log_every=10, eval_batches=8,
@@ -98,6 +101,7 @@ class TrainSettings:
     workers: int
     read_threads: int
     record_index: str
+    shuffle_blocks: int
     tokenizer: str
     tokenizer_characters: int
     checkpoint_every: int
@@ -132,6 +136,7 @@ class TrainSettings:
             "train.profile_steps": (train.profile_steps, 0),
             "data.shards": (data.shards, 1), "data.workers": (data.workers, 0),
             "data.read_threads": (data.read_threads, 1), "data.tokenizer_characters": (data.tokenizer_characters, 1),
+            "data.shuffle_blocks": (data.shuffle_blocks, 0),
             "checkpoint.every": (ckpt.every, 1), "checkpoint.keep": (ckpt.keep, 1),
         }
         for name, (value, minimum) in values.items():
@@ -158,7 +163,7 @@ class TrainSettings:
             eval_every=train.eval_every, eval_solves=_solves("train.eval_solves", train.eval_solves),
             dataset=data.dataset, data_dir=os.path.expanduser(data.data_dir or "~/tensorflow_datasets"),
             shards=data.shards, workers=data.workers or os.cpu_count() or 1, read_threads=data.read_threads,
-            record_index=data.record_index,
+            record_index=data.record_index, shuffle_blocks=data.shuffle_blocks,
             tokenizer=data.tokenizer, tokenizer_characters=data.tokenizer_characters,
             checkpoint_every=ckpt.every, keep=ckpt.keep, async_save=bool(ckpt.async_save),
             mesh=(mesh.data, mesh.fsdp, mesh.tensor),

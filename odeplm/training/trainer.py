@@ -125,7 +125,8 @@ class Trainer:
         return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,
                              length=self.model_config.max_length, batch_size=self.settings.batch_size,
                              objective=self.model_config.objective, seed=self.settings.seed, shuffle=shuffle,
-                             index=self.settings.record_index, max_targets=self.model_config.masked_positions)
+                             index=self.settings.record_index, shuffle_blocks=self.settings.shuffle_blocks,
+                             max_targets=self.model_config.masked_positions)
 
     def __enter__(self) -> Trainer:
         return self
