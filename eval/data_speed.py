@@ -5,12 +5,12 @@ against what training consumes per host.
     python -m eval.data_speed --out results/data_speed.json
     python -m eval.data_speed --sizes 10MB,1GB,10GB --rounds 3
     python -m eval.data_speed --sizes 1GB --shards 16,1024   # records per shard set an offloaded lookup's cost
-    python -m eval.data_speed --shuffle_blocks 16            # windows drawn 16 blocks at a time, read in sequence
+    python -m eval.data_speed --shuffle_blocks 16,0          # 16 blocks at a time, read in sequence, or uniform
 
 Each corpus is written once under --corpora with the library's own shard
 writer (random token ids, gpt2_small_shared's vocabulary), in each of the
---shards counts. Every read runs in a fresh process, the corpora interleaved
-round by round, through the Trainer's
+--shards counts. Every read runs in a fresh process, corpora and readers
+interleaved round by round, through the Trainer's
 reader: `Batches.iterate` over `TokenWindows` (or `ShuffledBlocks`, timed over
 at least three groups so that their reads are counted), with this host's slice of
 gpt2_small_shared's global batch. Training's consumption per host is
@@ -44,8 +44,8 @@ flags.DEFINE_string("topology", "v5e:4x4", "the pod whose per-host batch and chi
 flags.DEFINE_float("mfu", 0.5, "model-FLOPs utilisation assumed for training's consumption")
 flags.DEFINE_integer("threads", None, "reader threads per process (default: the config's data.read_threads)")
 flags.DEFINE_enum("index", None, ["offloaded", "in_memory"], "record index (default: the config's data.record_index)")
-flags.DEFINE_integer("shuffle_blocks", None, "draw windows this many blocks at a time, each read in sequence "
-                     "(0: uniformly through the record index; default: the config's data.shuffle_blocks)")
+flags.DEFINE_string("shuffle_blocks", None, "readers to compare: windows drawn K blocks at a time, each read in "
+                    "sequence, or 0: uniformly through the record index (default: the config's data.shuffle_blocks)")
 flags.DEFINE_string("read", None, "internal: read this corpus directory and print one JSON line")
 
 FINGERPRINT = "generated"
@@ -57,6 +57,12 @@ def parse_size(text: str) -> int:
     if unit not in UNITS or not number.isdigit():
         fail(f"--sizes: {text!r} is not like 10MB or 1GB")
     return int(number) * UNITS[unit]
+
+
+def parse_blocks(text: str) -> int:
+    if not text.strip().isdigit():
+        fail(f"--shuffle_blocks: {text!r} is not a number of blocks (0: uniform windows)")
+    return int(text)
 
 
 def parse_shards(text: str) -> int:
@@ -143,12 +149,10 @@ def main(argv):
     demand = training_demand(FLAGS.topology, FLAGS.mfu)
     threads = FLAGS.threads or demand["read_threads"]
     index = FLAGS.index or demand["record_index"]
-    shuffle_blocks = demand["shuffle_blocks"] if FLAGS.shuffle_blocks is None else FLAGS.shuffle_blocks
-    if shuffle_blocks < 0:
-        fail(f"--shuffle_blocks: {shuffle_blocks} is not a number of blocks (0: uniform windows)")
+    readers = [parse_blocks(k) for k in (FLAGS.shuffle_blocks or str(demand["shuffle_blocks"])).split(",")]
     if FLAGS.read:
         print(json.dumps(read(FLAGS.read, FLAGS.steps, demand["host_batch"], demand["length"],
-                              demand["vocab_size"], threads, index, shuffle_blocks)))
+                              demand["vocab_size"], threads, index, readers[0])))
         return
     # every flag checked before anything is written
     sizes = {size.strip(): parse_size(size.strip()) for size in FLAGS.sizes.split(",")}
@@ -156,36 +160,36 @@ def main(argv):
     directories = {(size, shards): os.path.join(FLAGS.corpora, f"{size}-{shards}shards") for size, shards in corpora}
     for (size, shards), directory in directories.items():
         generate(directory, sizes[size], shards, demand["vocab_size"])
-    runs = {corpus: [] for corpus in corpora}
+    cases = [(blocks, corpus) for blocks in readers for corpus in corpora]
+    runs = {case: [] for case in cases}
     for _ in range(FLAGS.rounds):
-        for corpus in corpora:
+        for blocks, corpus in cases:
             command = [sys.executable, "-m", "eval.data_speed", f"--read={directories[corpus]}",
                        f"--steps={FLAGS.steps}", f"--topology={FLAGS.topology}", f"--mfu={FLAGS.mfu}",
-                       f"--threads={threads}", f"--index={index}", f"--shuffle_blocks={shuffle_blocks}"]
+                       f"--threads={threads}", f"--index={index}", f"--shuffle_blocks={blocks}"]
             out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[corpus].append(json.loads(out.strip().splitlines()[-1]))
+            runs[blocks, corpus].append(json.loads(out.strip().splitlines()[-1]))
     need = demand["training_tokens_per_second_per_host"]
     print(f"{demand['config']} on {demand['topology']}: {demand['host_batch']} x {demand['length']} tokens per host "
           f"per step; training consumes {need:,.0f} tokens/s per host at NFE {demand['nfe']} and "
-          f"{demand['mfu']:.0%} MFU; {threads} reader threads, "
-          + (f"windows drawn {shuffle_blocks} blocks at a time" if shuffle_blocks else f"record index {index}")
-          + f", {os.cpu_count()} cores")
-    print("| corpus | shards | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|")
+          f"{demand['mfu']:.0%} MFU; {threads} reader threads, {os.cpu_count()} cores")
+    print("| reader | corpus | shards | windows | tokens/s per process (median) | x training's need | peak RSS (MiB) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     rows = []
-    for size, shards in corpora:
-        found = runs[size, shards]
+    for blocks, (size, shards) in cases:
+        found = runs[blocks, (size, shards)]
         speed = float(np.median([r["tokens_per_second"] for r in found]))
         rss = max(r["peak_rss_bytes"] for r in found)
-        rows.append({"size": size, "shards": shards, "windows": found[0]["windows"], "tokens_per_second": speed,
-                     "ratio_to_training": speed / need, "peak_rss_bytes": rss, "runs": found})
-        print(f"| {size} | {shards} | {rows[-1]['windows']:,} | {speed:,.0f} | {speed / need:.1f} | "
+        reader = f"{blocks} blocks at a time" if blocks else f"uniform, {index} index"
+        rows.append({"reader": reader, "shuffle_blocks": blocks, "size": size, "shards": shards,
+                     "windows": found[0]["windows"], "tokens_per_second": speed, "ratio_to_training": speed / need,
+                     "peak_rss_bytes": rss, "runs": found})
+        print(f"| {reader} | {size} | {shards} | {rows[-1]['windows']:,} | {speed:,.0f} | {speed / need:.1f} | "
               f"{rss / 2**20:.0f} |")
     if FLAGS.out:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
         with open(FLAGS.out, "w") as f:
-            json.dump({"demand": demand, "threads": threads, "record_index": index, "shuffle_blocks": shuffle_blocks,
-                       "cores": os.cpu_count(),
+            json.dump({"demand": demand, "threads": threads, "record_index": index, "cores": os.cpu_count(),
                        "rows": rows}, f, indent=2)
 
 

@@ -166,7 +166,7 @@ def test_train_prepare_refuses_bad_input_in_one_line(tmp_path, override, message
 @pytest.mark.parametrize("flag, message", [
     ("--sizes=10MB,10XB", "--sizes: '10XB' is not like 10MB or 1GB"),
     ("--shards=16,0", "--shards: '0' is not a positive number of shards"),
-    ("--shuffle_blocks=-1", "--shuffle_blocks: -1 is not a number of blocks (0: uniform windows)"),
+    ("--shuffle_blocks=16,-1", "--shuffle_blocks: '-1' is not a number of blocks (0: uniform windows)"),
 ])
 def test_data_speed_refuses_bad_flags_in_one_line_before_writing(tmp_path, flag, message):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
