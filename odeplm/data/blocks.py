@@ -1,5 +1,6 @@
 """Training windows drawn a few blocks of the token stream at a time, so that a
-reader at corpus scale holds no record index and never looks a record up.
+reader at corpus scale looks no record up and holds no record index beyond the
+shard it is reading.
 
 The split's windows (numbered as `TokenWindows` numbers them) are cut into
 blocks of `block_tokens` tokens' worth. Each epoch permutes the blocks, takes
