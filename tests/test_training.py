@@ -148,7 +148,8 @@ def test_tiny_training_learns(trained):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
     overrides = ("--config.train.steps=60", "--config.checkpoint.every=10", "--config.checkpoint.keep=10",
-                 "--config.train.step_counts=1,2,4")  # random step counts must replay too
+                 "--config.train.step_counts=1,2,4",  # random step counts must replay too,
+                 "--config.data.shuffle_blocks=2")  # and windows drawn from shuffled blocks
     run(tmp_path / "full", corpus_dir, *overrides)
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, corpus_dir, *overrides), cwd=ROOT, env=environment(1),
