@@ -275,7 +275,9 @@ KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8
                    "depth8_lr5e-4")
 # one model at N = L, L/2, L/4 against the curriculum's dedicated models of those depths
 KHOP_RECIPES = {8: ("depth8_curriculum", "depth8_curriculum_sandwich_late"),
-                4: ("depth4_curriculum", "depth4_curriculum_random", "depth4_curriculum_sandwich_late")}
+                4: ("depth4_curriculum", "depth4_curriculum_random", "depth4_curriculum_sandwich_late",
+                    "depth4_curriculum_sandwich_late_labels", "depth4_curriculum_sandwich_late_labels_heavy",
+                    "depth4_curriculum_sandwich_late_labels_time")}
 
 
 def khop_table(name: str) -> str:
