@@ -31,7 +31,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   (`depth4_curriculum_sandwich_late`: N = 1, 2; `depth8_curriculum_sandwich_late`: N = 2, 4); the same with
   the coarse terms on the labels alone, since a coarse solve cannot reach the hops full depth predicts
   (`depth4_curriculum_sandwich_late_labels`), with those terms weighted 2 (`..._labels_heavy`), and on a
-  time-aware field, so that the shared block knows which layer it is (`..._labels_time`: 16 features of t).
+  time-aware field, so that the shared block knows which layer it is (`..._labels_time`: 16 features of t);
+  and the heavy label-only terms joining at step 1500, once hops 1-3 are learned at full depth (at step 1400
+  in `depth4_curriculum`; step 1200 is before that transition), `depth4_curriculum_sandwich_after_transition`.
 """
 
 from odeplm.runs.settings import default_config
@@ -64,6 +66,9 @@ MODELS = {
     "depth4_curriculum_sandwich_late_labels_time": (dict(depth="4", time_features=16), dict(
         step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
         distill_start=1200, distill_label_weight=1.0)),
+    "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(
+        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
+        distill_start=1500, distill_label_weight=1.0, distill_weights="2,2")),
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),

@@ -277,7 +277,7 @@ KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8
 KHOP_RECIPES = {8: ("depth8_curriculum", "depth8_curriculum_sandwich_late"),
                 4: ("depth4_curriculum", "depth4_curriculum_random", "depth4_curriculum_sandwich_late",
                     "depth4_curriculum_sandwich_late_labels", "depth4_curriculum_sandwich_late_labels_heavy",
-                    "depth4_curriculum_sandwich_late_labels_time")}
+                    "depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_after_transition")}
 
 
 def khop_table(name: str) -> str:
