@@ -24,6 +24,8 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   at L = 2 the curriculum is the plain model), random depth per batch as Huginn draws its recurrence
   (`depth8_random_depth`: 2 to 8 layers), and a lower learning rate
   (`depth8_lr5e-4`);
+- time-aware dedicated models, the control for the time-aware recipe below: `depth4_curriculum_time`
+  and `depth2_time` (16 features of t; at one layer the field's time is constant);
 - one model at every speed, starting from the curriculum: random N over 1-4
   layers after the climb (`depth4_curriculum_random`), and the sandwich rule
   with its coarse terms (the first N layers, in-place distillation) joining at
@@ -50,6 +52,9 @@ MODELS = {
     "depth4_curriculum": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth",
                                                 curriculum_steps=1000)),
     "depth8_random_depth": (dict(depth="8"), _LADDER),
+    "depth4_curriculum_time": (dict(depth="4", time_features=16), dict(
+        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)),
+    "depth2_time": (dict(depth="2", time_features=16), {}),
     # one model at every speed, from the curriculum: random N after the climb, and the sandwich's coarse terms
     # (the first N layers, with in-place distillation) joining once full depth has formed its circuit
     "depth4_curriculum_random": (dict(depth="4"), dict(step_counts="1,2,3,4", step_mode="depth",
