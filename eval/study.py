@@ -268,9 +268,11 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
     plt.close(figure)
 
 
-# dedicated models per depth, plain and with the depth curriculum (at L <= 2 the curriculum is the plain model)
+# dedicated models per depth, plain and with the depth curriculum (at L <= 2 the curriculum is the plain model),
+# and on a time-aware field, the control for the time-aware recipe (at L = 1 the field's time is constant)
 KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
-                  "curriculum": ("depth8_curriculum", "depth4_curriculum", "depth2", "depth1")}
+                  "curriculum": ("depth8_curriculum", "depth4_curriculum", "depth2", "depth1"),
+                  "time-aware": ("depth4_curriculum_time", "depth2_time", "depth1")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
 # one model at N = L, L/2, L/4 against the curriculum's dedicated models of those depths
