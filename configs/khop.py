@@ -42,6 +42,9 @@ from odeplm.runs.settings import default_config
 
 DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
 _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
+_CLIMB4 = dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)
+_LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start=1200)  # the coarse terms join after the climb
+_TIME = dict(time_features=16)
 MODELS = {
     **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
     "depth8_span2": (dict(depth="8@2"), {}),
@@ -49,31 +52,22 @@ MODELS = {
     "depth8_mup": (dict(depth="8@2.8284271247461903"), dict(learning_rate=5e-4)),
     "depth8_rezero": (dict(depth="8", residual_gate="rezero"), {}),
     "depth8_curriculum": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000)),
-    "depth4_curriculum": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth",
-                                                curriculum_steps=1000)),
+    "depth4_curriculum": (dict(depth="4"), _CLIMB4),
     "depth8_random_depth": (dict(depth="8"), _LADDER),
-    "depth4_curriculum_time": (dict(depth="4", time_features=16), dict(
-        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)),
-    "depth2_time": (dict(depth="2", time_features=16), {}),
+    "depth4_curriculum_time": (dict(_TIME, depth="4"), _CLIMB4),
+    "depth2_time": (dict(_TIME, depth="2"), {}),
     # one model at every speed, from the curriculum: random N after the climb, and the sandwich's coarse terms
     # (the first N layers, with in-place distillation) joining once full depth has formed its circuit
     "depth4_curriculum_random": (dict(depth="4"), dict(step_counts="1,2,3,4", step_mode="depth",
                                                        curriculum_steps=1000)),
-    "depth4_curriculum_sandwich_late": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1",
-                                                              step_mode="depth", curriculum_steps=1000,
-                                                              distill_steps="1,2", distill_start=1200)),
-    "depth4_curriculum_sandwich_late_labels": (dict(depth="4"), dict(
-        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
-        distill_start=1200, distill_label_weight=1.0)),
-    "depth4_curriculum_sandwich_late_labels_heavy": (dict(depth="4"), dict(
-        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
-        distill_start=1200, distill_label_weight=1.0, distill_weights="2,2")),
-    "depth4_curriculum_sandwich_late_labels_time": (dict(depth="4", time_features=16), dict(
-        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
-        distill_start=1200, distill_label_weight=1.0)),
-    "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(
-        step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000, distill_steps="1,2",
-        distill_start=1500, distill_label_weight=1.0, distill_weights="2,2")),
+    "depth4_curriculum_sandwich_late": (dict(depth="4"), _LATE4),
+    "depth4_curriculum_sandwich_late_labels": (dict(depth="4"), dict(_LATE4, distill_label_weight=1.0)),
+    "depth4_curriculum_sandwich_late_labels_heavy": (dict(depth="4"), dict(_LATE4, distill_label_weight=1.0,
+                                                                            distill_weights="2,2")),
+    "depth4_curriculum_sandwich_late_labels_time": (dict(_TIME, depth="4"), dict(_LATE4, distill_label_weight=1.0)),
+    "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(_LATE4, distill_start=1500,
+                                                                           distill_label_weight=1.0,
+                                                                           distill_weights="2,2")),
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),
