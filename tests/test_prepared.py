@@ -87,6 +87,9 @@ def test_shuffled_blocks_visit_every_window_once_per_epoch_a_few_blocks_at_a_tim
     halves = [batches.batch(40, p, 2)["tokens"] for p in (0, 1)]
     np.testing.assert_array_equal(np.concatenate(halves), whole["tokens"])
     np.testing.assert_array_equal(next(batches.iterate(40))["targets"], whole["targets"])
+    for reader in (TokenWindows, lambda f, n: ShuffledBlocks(f, n, seed=0, group=1)):
+        with pytest.raises(DataError, match=f"holds {files.tokens} tokens, fewer than one window of"):
+            reader(files, files.tokens)
 
 
 def test_an_interrupted_prepare_resumes_without_rewriting_finished_shards(documents, data_dir, tokenizer, tmp_path):

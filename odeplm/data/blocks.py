@@ -37,10 +37,8 @@ class ShuffledBlocks:
     def __init__(self, files: TokenFiles, length: int, *, seed: int, group: int, block_tokens: int = BLOCK_TOKENS):
         if group < 1:
             raise DataError(f"a shuffle group needs at least one block, got {group}")
-        if files.tokens < length + 1:
-            raise DataError(f"{files.directory} holds {files.tokens} tokens, fewer than one window of {length + 1}")
         self.files, self.length, self.seed, self.group = files, length, seed, group
-        self.count = (files.tokens - 1) // length
+        self.count = files.window_count(length)
         self.block_windows = max(1, block_tokens // length)
         self.blocks = -(-self.count // self.block_windows)
         self._lock, self._loading = threading.Lock(), threading.Lock()  # reader threads share the blocks

@@ -155,6 +155,12 @@ class TokenFiles:
                    manifest["record_tokens"], tuple(s["examples"] for s in manifest["shards"] if "examples" in s),
                    manifest.get("group_name"))
 
+    def window_count(self, length: int) -> int:
+        """How many windows of `length` tokens and their next-token targets the stream holds."""
+        if self.tokens < length + 1:
+            raise DataError(f"{self.directory} holds {self.tokens} tokens, fewer than one window of {length + 1}")
+        return (self.tokens - 1) // length
+
     def read_tokens(self, start: int, stop: int) -> np.ndarray:
         """Tokens [start, stop) of the split's stream, read in sequence: each shard the
         range touches is opened (its record index held only while open), its records in
@@ -188,16 +194,14 @@ class TokenWindows:
     theirs, read from grain's array_record source."""
 
     def __init__(self, files: TokenFiles, length: int, index: str = "offloaded"):
-        if files.tokens < length + 1:
-            raise DataError(f"{files.directory} holds {files.tokens} tokens, fewer than one window of {length + 1}")
-        self.files, self.length = files, length
+        self.files, self.length, self.count = files, length, files.window_count(length)
         self.source = grain.sources.ArrayRecordDataSource(list(files.shards), reader_options=INDEX_OPTIONS[index])
         self.shard_starts = np.concatenate([[0], np.cumsum(files.shard_tokens)]).tolist()
         records = [-(-n // files.record_tokens) for n in files.shard_tokens]
         self.record_starts = np.concatenate([[0], np.cumsum(records)]).tolist()
 
     def __len__(self) -> int:
-        return (self.files.tokens - 1) // self.length
+        return self.count
 
     def __getitem__(self, index) -> np.ndarray:
         if np.ndim(index) == 0:
