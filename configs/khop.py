@@ -35,7 +35,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   (`depth4_curriculum_sandwich_late_labels`), with those terms weighted 2 (`..._labels_heavy`), and on a
   time-aware field, so that the shared block knows which layer it is (`..._labels_time`: 16 features of t);
   and the heavy label-only terms joining at step 1500, once hops 1-3 are learned at full depth (at step 1400
-  in `depth4_curriculum`; step 1200 is before that transition), `depth4_curriculum_sandwich_after_transition`.
+  in `depth4_curriculum`; step 1200 is before that transition), `depth4_curriculum_sandwich_after_transition`;
+- the paper's smaller training step: 4 layers of tau = 1/2 (`depth4_span2`), served at N = 2 and 1 over its
+  span (steps of 1 and 2).
 """
 
 from odeplm.runs.settings import default_config
@@ -72,6 +74,7 @@ MODELS = {
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
+    "depth4_span2": (dict(depth="4@2"), {}),
 }
 STEPS = 2000
 
