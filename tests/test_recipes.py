@@ -8,11 +8,13 @@ import optax
 import pytest
 from flax import nnx
 
+import odeplm
+from odeplm.core.block import attention_mask
 from odeplm.core.config import ConfigError, parse_depth
 from odeplm.core.model import forward
 from odeplm.core.solvers import Solve, SolverError, plan_solves
 from odeplm.inference.generate import generate
-from odeplm.runs.recipe import Discretisation, Distillation
+from odeplm.runs.recipe import Discretisation, Distillation, landings
 from odeplm.training.objectives import training_loss
 from tests.conftest import tiny_model
 
@@ -158,3 +160,69 @@ def test_coarse_terms_follow_the_step_mode_and_join_at_their_start():
     assert not Distillation().active(10**6)
     with pytest.raises(ConfigError, match="train.distill_start"):
         Distillation(steps=(1,), start=-1)
+
+
+def test_state_matching_equals_the_distance_written_out(rng):
+    """Coarse steps over the span (two steps of size 2 on a 4-layer model, the curriculum's depth mode
+    notwithstanding) matched with the full-depth states where they land, at layers 2 and 4: the term
+    equals the relative squared distance computed from separate solves, and its gradient treats the
+    full-depth states as constants."""
+    model = tiny_model(depth="4", initializer_range=0.1)
+    graphdef, params = nnx.split(model)
+    tokens = rng.integers(5, 64, (2, 16))
+    weights = jnp.asarray(rng.random((2, 16)) > 0.3, jnp.float32)
+    batch = {"tokens": jnp.asarray(tokens), "padding_mask": jnp.ones((2, 16), bool),
+             "targets": jnp.asarray(np.roll(tokens, -1, axis=1)), "weights": weights}
+    discretisation = Discretisation(steps=(2, 3, 4), weights=(0, 0, 1), mode="depth", curriculum=10)
+    depth, fine = model.config.depth, discretisation.solves(model.config.depth, 4)
+    matched = Distillation(steps=(2,), label_weight=1.0, mode="span", state_weight=0.8)
+    (coarse,) = matched.coarse_solves(depth, discretisation)
+    assert coarse == (Solve("euler", 2),) and landings(depth, coarse, fine) == ((1, 3),)
+
+    def term(params):  # the objective with state matching less the same without it
+        m = nnx.merge(graphdef, params)
+        with_states, _ = training_loss(m, batch, solves=fine, coarse=(coarse,), distillation=matched)
+        without, _ = training_loss(m, batch, solves=fine, coarse=(coarse,),
+                                   distillation=Distillation(steps=(2,), label_weight=1.0, mode="span"))
+        return with_states - without
+
+    mask = attention_mask(batch["padding_mask"], causal=True)
+
+    def state(m, steps, span):
+        h = m.encoder.embeddings(batch["tokens"], None, None)
+        return odeplm.integrate(m.encoder.blocks[0], h, mask, span=span, solve=Solve("euler", steps))[0]
+
+    targets = [state(model, 2, 2.0), state(model, 4, 4.0)]  # layers 2 and 4 of full depth: constants
+
+    def written_out(params):
+        m = nnx.merge(graphdef, params)
+        distances = [jnp.sum((state(m, j, 2.0 * j) - target) ** 2, -1) / (jnp.sum(target ** 2, -1) + 1e-6)
+                     for j, target in zip((1, 2), targets)]
+        return 0.8 * jnp.sum((distances[0] + distances[1]) / 2 * weights)
+
+    value, grads = jax.jit(jax.value_and_grad(term))(params)
+    expected, expected_grads = jax.jit(jax.value_and_grad(written_out))(params)
+    assert float(expected) > 1e-3
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+    for ours_leaf, expected_leaf in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(ours_leaf, expected_leaf, atol=1e-5, rtol=1e-3)
+    with pytest.raises(SolverError, match="fixed step count"):
+        odeplm.integrate(model.encoder.blocks[0], jnp.zeros((1, 16, 32)), mask[:1], span=4.0,
+                         solve=Solve("tsit5", rtol=1e-3, atol=1e-3), states=True)
+
+
+def test_coarse_steps_that_land_between_fine_steps_are_named():
+    depth = parse_depth("4")
+    with pytest.raises(ConfigError, match=r"train.distill_state_weight: step 1 of the coarse solve euler:3 .* "
+                                          r"t = 1.33333, where the training solve euler:4 has no step"):
+        landings(depth, (Solve("euler", 3),), (Solve("euler", 4),))
+    with pytest.raises(ConfigError, match="t = 2, where the training solve euler:1@1 has no step"):
+        landings(depth, (Solve("euler", 2),), (Solve("euler", 1, span=1.0),))
+    assert landings(depth, (Solve("euler", 1, span=1.0),), (Solve("euler", 4),)) == ((0,),)
+    recipe = Discretisation(steps=(2, 3, 4), weights=(0, 0, 1), mode="depth", curriculum=100)
+    assert recipe.counts_from(0) == (2, 3, 4) and recipe.counts_from(100) == (4,)
+    assert Discretisation().counts_from(0) == (None,)
+    for bad, message in ((dict(mode="layers"), "train.distill_mode"), (dict(state_weight=-1.0),
+                                                                        "train.distill_state_weight")):
+        with pytest.raises(ConfigError, match=message):
+            Distillation(steps=(1,), **bad)

@@ -85,12 +85,13 @@ def target_positions(weights: Float[Array, "batch seq"], count: int) -> Int[Arra
     return jax.lax.top_k((weights > 0).astype(jnp.float32), count)[1]
 
 
-def batch_rows(model, batch: dict, *, solves, key=None, teacher=None):
+def batch_rows(model, batch: dict, *, solves, key=None, teacher=None, keep_states=False):
     """(`RowSums`, the encoder's output) of a model on one batch of
     `odeplm.data.pipeline.Batches`; a key enables dropout; `teacher`: detached hidden
-    states of every position (a full-depth pass) for `RowSums.soft_loss`."""
+    states of every position (a full-depth pass) for `RowSums.soft_loss`; `keep_states`:
+    the encoder's output holds the state after every step."""
     config = model.config
-    encoded = model.encode(batch["tokens"], batch["padding_mask"], solve=solves, key=key)
+    encoded = model.encode(batch["tokens"], batch["padding_mask"], solve=solves, key=key, keep_states=keep_states)
     hidden, targets, weights = encoded.hidden, batch["targets"], batch["weights"]
     if config.masked_positions is not None and config.masked_positions < hidden.shape[1]:
         positions = target_positions(weights, config.masked_positions)

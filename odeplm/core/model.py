@@ -30,6 +30,7 @@ class Encoded(NamedTuple):
     hidden: Float[Array, "batch seq width"]
     nfe: Int[Array, ""]  # function evaluations of the shared blocks, summed over segments
     ok: Bool[Array, ""]  # every segment's solve reached the end of its span
+    states: tuple[Float[Array, "steps batch seq width"], ...] | None = None  # per segment, after each step
 
 
 class ModelOutput(NamedTuple):
@@ -37,6 +38,7 @@ class ModelOutput(NamedTuple):
     hidden: Float[Array, "batch seq width"]
     nfe: Int[Array, ""]
     ok: Bool[Array, ""]
+    states: tuple[Float[Array, "steps batch seq width"], ...] | None = None
 
 
 class Encoder(nnx.Module):
@@ -56,24 +58,29 @@ class Encoder(nnx.Module):
         *,
         solves: SolvePlan,
         key: PRNGKeyArray | None = None,
+        keep_states: bool = False,
     ) -> Encoded:
-        """Runs the depth plan with one resolved `Solve` per segment; a key enables dropout."""
+        """Runs the depth plan with one resolved `Solve` per segment; a key enables dropout;
+        `keep_states` also returns each segment's state after every step (before the final norm)."""
         config = self.config
         if padding_mask is None:
             padding_mask = jnp.ones(tokens.shape, bool)
         mask = attention_mask(padding_mask, causal=config.objective == "causal")
         keys = [None] * (len(config.depth) + 1) if key is None else list(jax.random.split(key, len(config.depth) + 1))
         h = self.embeddings(tokens, token_types, keys[0])
-        nfe, ok = jnp.zeros((), jnp.int32), jnp.ones((), bool)
+        nfe, ok, states = jnp.zeros((), jnp.int32), jnp.ones((), bool), []
         for block, segment, solve, segment_key in zip(self.blocks, config.depth, solves, keys[1:]):
             h, segment_nfe, segment_ok = integrate(
                 block, h, mask, span=solve.span or segment.span, solve=solve, key=segment_key,
-                padding_mask=padding_mask, checkpoints=config.solve_checkpoints,
+                padding_mask=padding_mask, checkpoints=config.solve_checkpoints, states=keep_states,
             )
+            if keep_states:
+                states.append(h)
+                h = h[-1]
             nfe, ok = nfe + segment_nfe, ok & segment_ok
         if self.final_norm is not None:
             h = self.final_norm(h)
-        return Encoded(h, nfe, ok)
+        return Encoded(h, nfe, ok, tuple(states) if keep_states else None)
 
 
 class LanguageModel(nnx.Module):
@@ -98,9 +105,11 @@ class LanguageModel(nnx.Module):
         encoded = self.encode(tokens, padding_mask, token_types, solve=solve, key=key)
         return ModelOutput(self.decode(encoded.hidden), *encoded)
 
-    def encode(self, tokens, padding_mask=None, token_types=None, *, solve=None, key=None) -> Encoded:
+    def encode(self, tokens, padding_mask=None, token_types=None, *, solve=None, key=None,
+               keep_states=False) -> Encoded:
         """The final hidden states, before the head: what a loss decodes a chunk at a time."""
-        return self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key)
+        return self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key,
+                            keep_states=keep_states)
 
     def decode(self, hidden: Float[Array, "batch seq width"]) -> Float[Array, "batch seq vocab"]:
         """Logits of hidden states at any positions (all of a sequence, a chunk, or gathered targets)."""

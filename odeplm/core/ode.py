@@ -47,8 +47,11 @@ def integrate(
     key: PRNGKeyArray | None = None,
     padding_mask: Bool[Array, "batch seq"] | None = None,
     checkpoints: int | None = None,
-) -> tuple[Float[Array, "batch seq width"], Int[Array, ""], Bool[Array, ""]]:
-    """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success).
+    states: bool = False,
+) -> tuple[Float[Array, "*steps batch seq width"], Int[Array, ""], Bool[Array, ""]]:
+    """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success), or with
+    `states` (fixed steps only) the state after every step, stacked, in place of h(span):
+    what state matching compares a coarse solve's steps with (`odeplm.runs.recipe`).
 
     Fixed-step solves lower to one loop of exactly `steps` iterations and keep
     every step for the backward pass (as a scan would), or only `checkpoints`
@@ -74,6 +77,8 @@ def integrate(
         max_steps = solve.steps
         kept = min(solve.steps, checkpoints or solve.steps)
         adjoint = diffrax.RecursiveCheckpointAdjoint(checkpoints=kept)
+    if states and solve.adaptive:
+        raise SolverError(f"the state after every step needs a fixed step count, got the adaptive solve {solve}")
     if solve.solver == "ln_euler" and block.norm != "post":
         raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
     args = (block, mask, key, span)
@@ -86,7 +91,7 @@ def integrate(
         dt0=dt0,
         y0=h,
         args=args,
-        saveat=diffrax.SaveAt(t1=True),
+        saveat=diffrax.SaveAt(steps=True) if states else diffrax.SaveAt(t1=True),
         stepsize_controller=controller,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -94,4 +99,4 @@ def integrate(
         solver_state=solver_state,
     )
     nfe = solve.info.nfe(solution.stats["num_steps"])
-    return solution.ys[0], nfe, solution.result == diffrax.RESULTS.successful
+    return solution.ys if states else solution.ys[0], nfe, solution.result == diffrax.RESULTS.successful

@@ -14,6 +14,7 @@ smallest first, over its first steps, then draws.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -77,6 +78,14 @@ class Discretisation:
         rng = np.random.default_rng([seed, step, 0x5EED])
         return int(self.steps[rng.choice(len(self.steps), p=p / p.sum())])
 
+    def counts_from(self, step: int) -> tuple[int | None, ...]:
+        """The step counts `draw` can return at `step` or later (None: the depth plan's own)."""
+        if not self.steps:
+            return (None,)
+        if step < self.curriculum or not self.weights:
+            return tuple(sorted(set(self.steps)))
+        return tuple(sorted({n for n, w in zip(self.steps, self.weights) if w > 0}))
+
     def solves(self, depth: DepthPlan, steps: int | None) -> SolvePlan:
         """The solve plan of a drawn step count: over each segment's span, or (depth mode)
         at each segment's own step size, over N of them."""
@@ -96,11 +105,16 @@ class Distillation:
     labels and each of `steps` (per segment, smallest first) on a target that mixes
     the labels (`label_weight`) with the full-depth model's detached predictions.
     `weights` scale each coarse term against the full-depth one; `hidden_weight`
-    adds the mean squared distance to the full-depth final hidden states. The
-    coarse terms run `solver` (empty: the training solver), so a model can be
-    taught to be accurate under a higher-order method at few steps. They join
-    after `start` steps (0: from the first), so that full depth can form its
-    circuit before coarse steps must serve too.
+    adds the mean squared distance to the full-depth final hidden states, and
+    `state_weight` matches states along the way: each coarse step's state against
+    the full-depth state at the time it lands, as a squared distance relative to
+    that state's (the residual stream grows with depth), so coarse steps learn to
+    land where the fine steps land. The coarse terms run `solver` (empty: the
+    training solver) in `mode` (empty: the training discretisation's), so a model
+    can be taught to be accurate under a higher-order method at few steps, or a
+    depth curriculum can train coarse steps over the whole span. They join after
+    `start` steps (0: from the first), so that full depth can form its circuit
+    before coarse steps must serve too.
     """
 
     steps: tuple[int, ...] = ()  # empty: off
@@ -109,6 +123,8 @@ class Distillation:
     hidden_weight: float = 0.0
     solver: str = ""
     start: int = 0
+    mode: str = ""
+    state_weight: float = 0.0
 
     def __post_init__(self):
         if not is_count(self.start, 0):
@@ -120,17 +136,21 @@ class Distillation:
                                                        f"got {self.weights}")
         if not 0.0 <= self.label_weight <= 1.0:
             raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
-        if not 0.0 <= self.hidden_weight < float("inf"):
-            raise ConfigError("train.distill_hidden_weight", f"must be finite and >= 0, got {self.hidden_weight!r}")
+        for field, value in (("hidden_weight", self.hidden_weight), ("state_weight", self.state_weight)):
+            if not 0.0 <= value < math.inf:
+                raise ConfigError(f"train.distill_{field}", f"must be finite and >= 0, got {value!r}")
+        if self.mode and self.mode not in MODES:
+            raise ConfigError("train.distill_mode", f"must be empty (the training step mode) or one of {MODES}, "
+                                                    f"got {self.mode!r}")
         if self.solver and self.solver not in SOLVERS:
             raise ConfigError("train.distill_solver", unknown_solver(self.solver))
 
     @classmethod
     def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
-              solver: str = "", start: int = 0) -> "Distillation":
+              solver: str = "", start: int = 0, mode: str = "", state_weight: float = 0.0) -> "Distillation":
         """From config strings: steps `"2,4"`, weights `"1,1"`."""
         return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
-                   float(label_weight), float(hidden_weight), solver, start)
+                   float(label_weight), float(hidden_weight), solver, start, mode, float(state_weight))
 
     def active(self, step: int) -> bool:
         """Whether the coarse terms train at `step` (0-based)."""
@@ -143,5 +163,26 @@ class Distillation:
     def coarse_solves(self, depth: DepthPlan, discretisation: Discretisation) -> tuple[SolvePlan, ...]:
         """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment,
         over the segment's span, or in depth mode at the segment's own step size (its first N layers)."""
-        return tuple(dataclasses.replace(discretisation, solver=self.solver or discretisation.solver).solves(depth, n)
-                     for n in self.steps)
+        coarse = dataclasses.replace(discretisation, solver=self.solver or discretisation.solver,
+                                     mode=self.mode or discretisation.mode)
+        return tuple(coarse.solves(depth, n) for n in self.steps)
+
+
+def landings(depth: DepthPlan, coarse: SolvePlan, fine: SolvePlan) -> tuple[tuple[int, ...], ...]:
+    """Per segment, the index of the fine solve's step at which each step of the coarse solve lands: where
+    state matching compares them. A coarse step that lands between fine steps, or past the fine solve's end,
+    is a ConfigError naming it."""
+    found = []
+    for number, (segment, c, f) in enumerate(zip(depth, coarse, fine)):
+        c_span, f_span = c.span or segment.span, f.span or segment.span
+        indices = []
+        for j in range(1, c.steps + 1):
+            at = j * c_span / c.steps
+            k = at * f.steps / f_span
+            if abs(k - round(k)) > 1e-6 or not 1 <= round(k) <= f.steps:
+                raise ConfigError("train.distill_state_weight",
+                                  f"step {j} of the coarse solve {c} in segment {number} lands at t = {at:g}, "
+                                  f"where the training solve {f} has no step")
+            indices.append(round(k) - 1)
+        found.append(tuple(indices))
+    return tuple(found)

@@ -55,8 +55,10 @@ def default_config() -> ConfigDict:
         # curriculum_steps > 0 climbs through the step counts, smallest first, over those steps, then draws
         step_mode="span", curriculum_steps=0,
         # the sandwich rule (odeplm.runs.recipe.Distillation): coarse step counts trained beside full depth
-        # (solver "" -> the training solver)
+        # (solver and mode "" -> the training solver and step mode); distill_state_weight matches each coarse
+        # step's state with the full-depth state where it lands
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
+        distill_mode="", distill_state_weight=0.0,
         distill_start=0,  # the coarse terms join after this many steps
         # trace steps [profile_start, profile_start + profile_steps) with jax.profiler into WORKDIR/tensorboard
         profile_start=1, profile_steps=0,
@@ -171,6 +173,7 @@ class TrainSettings:
                                                 train.step_mode, train.curriculum_steps),
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
                                             train.distill_label_weight, train.distill_hidden_weight,
-                                            str(train.distill_solver), train.distill_start),
+                                            str(train.distill_solver), train.distill_start,
+                                            str(train.distill_mode), train.distill_state_weight),
             profile_start=train.profile_start, profile_steps=train.profile_steps,
         )

@@ -21,6 +21,7 @@ from flax import nnx
 from odeplm.core.config import ModelConfig
 from odeplm.core.model import LanguageModel, abstract_model
 from odeplm.core.sharding import MeshError, batch_sharding, param_shardings, replicated
+from odeplm.runs.recipe import landings
 from odeplm.runs.settings import TrainSettings
 from odeplm.training.objectives import training_loss
 from odeplm.training.optim import learning_rate_schedule, make_optimizer
@@ -83,6 +84,11 @@ class TrainProgram:
         self.schedule = learning_rate_schedule(settings.learning_rate, settings.warmup_steps, settings.steps)
         self.optimizer = make_optimizer(self.schedule, weight_decay=settings.weight_decay,
                                         clip_norm=settings.clip_norm)
+        distillation, discretisation = settings.distillation, settings.discretisation
+        if distillation.state_weight:  # refused now, not at the step where the coarse terms join
+            for steps in discretisation.counts_from(distillation.start):
+                for coarse in distillation.coarse_solves(model_config.depth, discretisation):
+                    landings(model_config.depth, coarse, discretisation.solves(model_config.depth, steps))
         self.graphdef, abstract_params = abstract_model(model_config)
         params_sharding = param_shardings(abstract_params, mesh)
         params_shape = nnx.to_pure_dict(abstract_params)
