@@ -37,7 +37,12 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   and the heavy label-only terms joining at step 1500, once hops 1-3 are learned at full depth (at step 1400
   in `depth4_curriculum`; step 1200 is before that transition), `depth4_curriculum_sandwich_after_transition`;
 - the paper's smaller training step: 4 layers of tau = 1/2 (`depth4_span2`), served at N = 2 and 1 over its
-  span (steps of 1 and 2).
+  span (steps of 1 and 2);
+- the ODE reading of the time-aware late sandwich: the same curriculum and labels-alone coarse terms from
+  step 1200, but the coarse terms take 1 and 2 steps over the whole span (tau = 4 and 2) instead of the
+  first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
+  state against the full-depth state where it lands (`..._span_time_states`); and at the midpoint method,
+  1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by midpoint:1, at N = 1 by Euler).
 """
 
 from odeplm.runs.settings import default_config
@@ -47,6 +52,7 @@ _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
 _CLIMB4 = dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)
 _LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start=1200)  # the coarse terms join after the climb
 _TIME = dict(time_features=16)
+_SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse steps over the span, labels alone
 MODELS = {
     **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
     "depth8_span2": (dict(depth="8@2"), {}),
@@ -75,6 +81,10 @@ MODELS = {
                                                               distill_start=1200)),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
     "depth4_span2": (dict(depth="4@2"), {}),
+    # the ODE reading of the best recipe: coarse terms of 1 and 2 steps over the whole span (tau = 4 and 2)
+    "depth4_curriculum_sandwich_span_time": (dict(_TIME, depth="4"), _SPAN4),
+    "depth4_curriculum_sandwich_span_time_states": (dict(_TIME, depth="4"), dict(_SPAN4, distill_state_weight=1.0)),
+    "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
 }
 STEPS = 2000
 

@@ -278,12 +278,15 @@ def steps_table(results: str, name: str) -> str:
 
 
 def served_at(name: str, n: int) -> str:
-    """The solve a model of configs/khop.py is served with at N evaluations of its block: its coarse
-    terms' solver (or its training solver) over its span, or, for a model trained in depth mode, its
-    first N layers."""
+    """The solve a model of configs/khop.py is served with at N evaluations of its block: below full depth,
+    its coarse terms' solver (or its training solver; that one too below the cost of one step), over its span,
+    or, for coarse terms in depth mode, its first N layers; at full depth, as trained."""
     config = khop_configs.get_config(name)
-    train, tau = config.train, ModelConfig.from_dict(config.model).depth[0].tau
-    if train.step_mode == "depth":
-        return f"{train.solver}:{n}@{n * tau:g}"
+    train, model = config.train, ModelConfig.from_dict(config.model)
     solver = train.distill_solver or train.solver
-    return f"{solver}:{n // SOLVERS[solver].nfe(1)}"
+    if n >= model.layers or n < SOLVERS[solver].nfe(1):
+        solver = train.solver
+    steps = n // SOLVERS[solver].nfe(1)
+    if (train.distill_mode or train.step_mode) == "depth":
+        return f"{solver}:{steps}@{steps * model.depth[0].tau:g}"
+    return f"{solver}:{steps}"
