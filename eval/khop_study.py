@@ -277,6 +277,11 @@ def steps_table(results: str, name: str) -> str:
     return table
 
 
+def layers(name: str) -> int:
+    """The trained depth of a model of configs/khop.py."""
+    return ModelConfig.from_dict(khop_configs.get_config(name).model).layers
+
+
 def served_at(name: str, n: int) -> str:
     """The solve a model of configs/khop.py is served with at N evaluations of its block: below full depth,
     its coarse terms' solver (or its training solver; that one too below the cost of one step), over its span,

@@ -275,11 +275,17 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
                   "time-aware": ("depth4_curriculum_time", "depth2_time", "depth1")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
-# one model at N = L, L/2, L/4 against the curriculum's dedicated models of those depths
-KHOP_RECIPES = {8: ("depth8_curriculum", "depth8_curriculum_sandwich_late"),
-                4: ("depth4_curriculum", "depth4_curriculum_random", "depth4_curriculum_sandwich_late",
-                    "depth4_curriculum_sandwich_late_labels", "depth4_curriculum_sandwich_late_labels_heavy",
-                    "depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_after_transition")}
+_TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
+                "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_midpoint_time")
+# one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
+KHOP_RECIPES = (
+    (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late")),
+    (4, "curriculum", ("depth4_curriculum", "depth4_span2", "depth4_curriculum_random",
+                       "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_late_labels",
+                       "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
+                       "depth4_curriculum_sandwich_late_labels_time")),
+    (4, "time-aware", _TIME_AWARE4),
+)
 
 
 def khop_table(name: str) -> str:
@@ -288,10 +294,12 @@ def khop_table(name: str) -> str:
     if name == "khop_candidates":
         return khop_study.candidates_table(FLAGS.results, "depth8", KHOP_CANDIDATES)
     if name == "khop_recipes":
-        dedicated = dict(zip((8, 4, 2, 1), KHOP_DEDICATED["curriculum"]))
-        return "\n\n".join(f"At L = {depth}:\n\n" + khop_study.speeds_table(
-            FLAGS.results, models, {n: dedicated[n] for n in (depth, depth // 2, depth // 4)})
-            for depth, models in KHOP_RECIPES.items())
+        tables = []
+        for depth, family, models in KHOP_RECIPES:
+            dedicated = {khop_study.layers(n): n for n in KHOP_DEDICATED[family]}
+            tables.append(f"At L = {depth}, against the {family} dedicated models:\n\n" + khop_study.speeds_table(
+                FLAGS.results, models, {n: dedicated[n] for n in (depth, depth // 2, depth // 4)}))
+        return "\n\n".join(tables)
     if name == "khop_steps":
         return khop_study.steps_table(FLAGS.results, "depth8_curriculum")
     raise app.UsageError(f"unknown --table {name!r}")
