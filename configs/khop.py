@@ -41,7 +41,8 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
 - the ODE reading of the time-aware late sandwich: the same curriculum and labels-alone coarse terms from
   step 1200, but the coarse terms take 1 and 2 steps over the whole span (tau = 4 and 2) instead of the
   first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
-  state against the full-depth state where it lands (`..._span_time_states`); and at the midpoint method,
+  state against the full-depth state where it lands (`..._span_time_states`: weight 1; `..._states_light`:
+  0.1); and at the midpoint method,
   1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by midpoint:1, at N = 1 by Euler).
 """
 
@@ -84,6 +85,8 @@ MODELS = {
     # the ODE reading of the best recipe: coarse terms of 1 and 2 steps over the whole span (tau = 4 and 2)
     "depth4_curriculum_sandwich_span_time": (dict(_TIME, depth="4"), _SPAN4),
     "depth4_curriculum_sandwich_span_time_states": (dict(_TIME, depth="4"), dict(_SPAN4, distill_state_weight=1.0)),
+    "depth4_curriculum_sandwich_span_time_states_light": (dict(_TIME, depth="4"),
+                                                          dict(_SPAN4, distill_state_weight=0.1)),
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
 }
 STEPS = 2000

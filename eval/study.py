@@ -276,7 +276,8 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
-                "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_midpoint_time")
+                "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
+                "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
 KHOP_RECIPES = (
     (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late")),
