@@ -42,8 +42,8 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   step 1200, but the coarse terms take 1 and 2 steps over the whole span (tau = 4 and 2) instead of the
   first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
   state against the full-depth state where it lands (`..._span_time_states`: weight 1; `..._states_light`:
-  0.1); and at the midpoint method,
-  1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by midpoint:1, at N = 1 by Euler).
+  0.1); and at the midpoint method, 1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by
+  midpoint:1, at N = 1 by Euler).
 """
 
 from odeplm.runs.settings import default_config
