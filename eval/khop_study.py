@@ -282,6 +282,29 @@ def layers(name: str) -> int:
     return ModelConfig.from_dict(khop_configs.get_config(name).model).layers
 
 
+def solvers_table(results: str, models: tuple[str, ...]) -> str:
+    """Higher-order solvers against Euler at equal NFE over the trained span: loss and accuracy at the hardest
+    hop count, means over the seeds whose result files hold the grid."""
+    rows = []
+    for name in models:
+        found = [r for _, r in seeds_of(results, name) if "beyond" in r]
+        if not found:
+            rows.append([name, "–"] + ["no grid"] * len(GRID_SOLVERS))
+            continue
+        for nfe in (1, 2, 4, 8):
+            cells = []
+            for solver in GRID_SOLVERS:
+                per_step = SOLVERS[solver].nfe(1)
+                points = [at(r, f"{solver}:{nfe // per_step}") for r in found] if nfe % per_step == 0 else [None]
+                if any(p is None for p in points):
+                    cells.append("–")
+                    continue
+                mean = _mean_point(points)
+                cells.append(f"{mean['loss']:.4f} ({mean['groups'][_hops(mean)[-1]]['accuracy']:.3f})")
+            rows.append([f"{name} ({len(found)} seed{'s' if len(found) > 1 else ''})", str(nfe)] + cells)
+    return markdown([("model", "l"), ("NFE", "r")] + [(f"{s}: loss (hardest hop)", "r") for s in GRID_SOLVERS], rows)
+
+
 def served_at(name: str, n: int) -> str:
     """The solve a model of configs/khop.py is served with at N evaluations of its block: below full depth,
     its coarse terms' solver (or its training solver; that one too below the cost of one step), over its span,

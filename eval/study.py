@@ -6,6 +6,7 @@ The k-hop study, where depth pays (`eval/khop_study.py`, configs/khop.py):
     python -m eval.study --table khop_candidates   # what makes deep shared models learn: candidates over seeds
     python -m eval.study --table khop_recipes      # one model at N = L, L/2, L/4 against the dedicated models
     python -m eval.study --table khop_steps        # accuracy per hop against N, beyond the trained hops, adaptive NFE
+    python -m eval.study --table khop_solvers      # higher-order solvers against Euler at equal NFE
     python -m train.pretrain --config configs/khop.py:NAME --workdir runs/khop/NAME
     python -m eval.study --study khop --evaluate NAME --workdir runs/khop   # -> docs/study/khop/NAME.json
 
@@ -44,8 +45,8 @@ from odeplm.cli import run
 from odeplm.core.solvers import SOLVERS
 from odeplm.evaluation.report import markdown
 
-flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_steps, search, recipes, seeds, "
-                                   "solvers, masked or latency")
+flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_steps, khop_solvers, search, "
+                                   "recipes, seeds, solvers, masked or latency")
 flags.DEFINE_enum("study", "shakespeare", ["shakespeare", "khop"], "the study whose models --evaluate names")
 flags.DEFINE_list("evaluate", [], "models of the study whose result files to (re)make from --workdir")
 flags.DEFINE_bool("grid", True, "k-hop: the whole grid in each result file; "
@@ -278,6 +279,8 @@ KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time")
+# models whose result files hold the grid: each solver against Euler at equal NFE
+KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
 KHOP_RECIPES = (
     (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late")),
@@ -301,6 +304,8 @@ def khop_table(name: str) -> str:
             tables.append(f"At L = {depth}, against the {family} dedicated models:\n\n" + khop_study.speeds_table(
                 FLAGS.results, models, {n: dedicated[n] for n in (depth, depth // 2, depth // 4)}))
         return "\n\n".join(tables)
+    if name == "khop_solvers":
+        return khop_study.solvers_table(FLAGS.results, KHOP_SOLVERS)
     if name == "khop_steps":
         return khop_study.steps_table(FLAGS.results, "depth8_curriculum")
     raise app.UsageError(f"unknown --table {name!r}")
