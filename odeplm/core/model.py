@@ -38,7 +38,6 @@ class ModelOutput(NamedTuple):
     hidden: Float[Array, "batch seq width"]
     nfe: Int[Array, ""]
     ok: Bool[Array, ""]
-    states: tuple[Float[Array, "steps batch seq width"], ...] | None = None
 
 
 class Encoder(nnx.Module):
@@ -103,7 +102,7 @@ class LanguageModel(nnx.Module):
         """Logits at every position. `solve`: None (training discretisation), one
         solve for all segments, or one per segment; see `plan_solves`."""
         encoded = self.encode(tokens, padding_mask, token_types, solve=solve, key=key)
-        return ModelOutput(self.decode(encoded.hidden), *encoded)
+        return ModelOutput(self.decode(encoded.hidden), encoded.hidden, encoded.nfe, encoded.ok)
 
     def encode(self, tokens, padding_mask=None, token_types=None, *, solve=None, key=None,
                keep_states=False) -> Encoded:
@@ -128,7 +127,7 @@ class SequenceClassifier(nnx.Module):
         if padding_mask is None:
             padding_mask = jnp.ones(tokens.shape, bool)
         encoded = self.encoder(tokens, padding_mask, token_types, solves=plan_solves(self.config.depth, solve), key=key)
-        return ModelOutput(self.head(encoded.hidden, padding_mask, key), *encoded)
+        return ModelOutput(self.head(encoded.hidden, padding_mask, key), encoded.hidden, encoded.nfe, encoded.ok)
 
 
 def abstract_model(config: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:

@@ -108,8 +108,8 @@ class Distillation:
     adds the mean squared distance to the full-depth final hidden states, and
     `state_weight` matches states along the way: each coarse step's state against
     the full-depth state at the time it lands, as a squared distance relative to
-    that state's (the residual stream grows with depth), so coarse steps learn to
-    land where the fine steps land. The coarse terms run `solver` (empty: the
+    that state's squared norm (the residual stream grows with depth), so coarse
+    steps learn to land where the fine steps land. The coarse terms run `solver` (empty: the
     training solver) in `mode` (empty: the training discretisation's), so a model
     can be taught to be accurate under a higher-order method at few steps, or a
     depth curriculum can train coarse steps over the whole span. They join after
