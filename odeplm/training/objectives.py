@@ -25,6 +25,7 @@ def training_loss(model, batch: dict, *, solves: SolvePlan, coarse: tuple[SolveP
     loss = jnp.sum(rows.loss)
     objective, nfe, coarse_losses = loss, full.nfe, []
     teacher = jax.lax.stop_gradient(full.hidden) if coarse else None
+    teacher_states = jax.lax.stop_gradient(full.states) if matching else None
     for plan, (_, term_weight), term_key in zip(coarse, distillation.terms(), keys[1:]):
         term_rows, out = batch_rows(model, batch, solves=plan, key=term_key, teacher=teacher, keep_states=matching)
         label_loss = jnp.sum(term_rows.loss)
@@ -35,8 +36,7 @@ def training_loss(model, batch: dict, *, solves: SolvePlan, coarse: tuple[SolveP
             term += distillation.hidden_weight * jnp.sum(squares * batch["weights"])
         if matching:
             term += distillation.state_weight * state_distance(
-                out.states, jax.lax.stop_gradient(full.states), landings(model.config.depth, plan, solves),
-                batch["weights"])
+                out.states, teacher_states, landings(model.config.depth, plan, solves), batch["weights"])
         objective += term_weight * term
         nfe += out.nfe
         coarse_losses.append(label_loss)
