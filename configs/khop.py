@@ -43,7 +43,11 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
   state against the full-depth state where it lands (`..._span_time_states`: weight 1; `..._states_light`:
   0.1); and at the midpoint method, 1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by
-  midpoint:1, at N = 1 by Euler).
+  midpoint:1, at N = 1 by Euler);
+- a masked (bidirectional) model on the same task, each letter attending to the whole string and scored on
+  the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked` and their
+  time-aware controls `depth4_curriculum_time_masked`, `depth2_time_masked`; the span reading of the
+  time-aware late sandwich, `depth4_curriculum_sandwich_span_time_masked`.
 """
 
 from odeplm.runs.settings import default_config
@@ -53,6 +57,7 @@ _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
 _CLIMB4 = dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)
 _LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start=1200)  # the coarse terms join after the climb
 _TIME = dict(time_features=16)
+_MASKED = dict(objective="masked")  # attends both ways; scored on the task's own targets, nothing masked
 _SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse steps over the span, labels alone
 MODELS = {
     **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
@@ -88,6 +93,14 @@ MODELS = {
     "depth4_curriculum_sandwich_span_time_states_light": (dict(_TIME, depth="4"),
                                                           dict(_SPAN4, distill_state_weight=0.1)),
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
+    # the same task read by a masked (bidirectional) model: its dedicated depths, time-blind and time-aware,
+    # and the span reading of the time-aware late sandwich
+    "depth4_curriculum_masked": (dict(_MASKED, depth="4"), _CLIMB4),
+    "depth2_masked": (dict(_MASKED, depth="2"), {}),
+    "depth1_masked": (dict(_MASKED, depth="1"), {}),
+    "depth4_curriculum_time_masked": (dict(_MASKED, **_TIME, depth="4"), _CLIMB4),
+    "depth2_time_masked": (dict(_MASKED, **_TIME, depth="2"), {}),
+    "depth4_curriculum_sandwich_span_time_masked": (dict(_MASKED, **_TIME, depth="4"), _SPAN4),
 }
 STEPS = 2000
 
