@@ -43,7 +43,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
   state against the full-depth state where it lands (`..._span_time_states`: weight 1; `..._states_light`:
   0.1); and at the midpoint method, 1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by
-  midpoint:1, at N = 1 by Euler);
+  midpoint:1, at N = 1 by Euler); on a field that reads its solver's step as well as t
+  (`depth4_curriculum_sandwich_span_stride`: 16 features of the stride, the step in training steps, as
+  shortcut models condition on the step size);
 - a masked (bidirectional) model on the same task, each letter attending to the whole string and scored on
   the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked` and their
   time-aware controls `depth4_curriculum_time_masked`, `depth2_time_masked`; the span reading of the
@@ -93,6 +95,9 @@ MODELS = {
     "depth4_curriculum_sandwich_span_time_states_light": (dict(_TIME, depth="4"),
                                                           dict(_SPAN4, distill_state_weight=0.1)),
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
+    # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
+    # step need not be the fine one scaled
+    "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
     # the same task read by a masked (bidirectional) model: its dedicated depths, time-blind and time-aware,
     # and the span reading of the time-aware late sandwich
     "depth4_curriculum_masked": (dict(_MASKED, depth="4"), _CLIMB4),

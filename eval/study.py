@@ -273,12 +273,14 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
 # and on a time-aware field, the control for the time-aware recipe (at L = 1 the field's time is constant)
 KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
                   "curriculum": ("depth8_curriculum", "depth4_curriculum", "depth2", "depth1"),
-                  "time-aware": ("depth4_curriculum_time", "depth2_time", "depth1")}
+                  "time-aware": ("depth4_curriculum_time", "depth2_time", "depth1"),
+                  "masked": ("depth4_curriculum_masked", "depth2_masked", "depth1_masked"),
+                  "masked time-aware": ("depth4_curriculum_time_masked", "depth2_time_masked", "depth1_masked")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
-                "depth4_curriculum_sandwich_midpoint_time")
+                "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride")
 # models whose result files hold the grid: each solver against Euler at equal NFE
 KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
@@ -289,6 +291,8 @@ KHOP_RECIPES = (
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
                        "depth4_curriculum_sandwich_late_labels_time")),
     (4, "time-aware", _TIME_AWARE4),
+    (4, "masked", ("depth4_curriculum_sandwich_span_time_masked",)),
+    (4, "masked time-aware", ("depth4_curriculum_sandwich_span_time_masked",)),
 )
 
 

@@ -41,6 +41,9 @@ from odeplm import ConfigError, ModelConfig, Segment
         ("logits_dtype", "float16"),
         ("remat", "some"),
         ("residual_gate", "skip"),
+        ("time_features", 3),
+        ("stride_features", 5),
+        ("stride_features", -2),
     ],
 )
 def test_each_invalid_field_is_named(field, value):

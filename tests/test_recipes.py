@@ -19,10 +19,10 @@ from odeplm.training.objectives import training_loss
 from tests.conftest import tiny_model
 
 
-def _time_aware_copy(model, seed=1, scale=0.0):
-    """The model's parameters in a time-aware model of the same config; with
-    scale > 0 its time modulation is drawn at random instead of zero."""
-    config = model.config.__class__(**{**model.config.to_dict(), "time_features": 8})
+def _time_aware_copy(model, seed=1, scale=0.0, features=(("time_features", 8),)):
+    """The model's parameters in a time-aware (by default) model of the same config;
+    with scale > 0 its modulation is drawn at random instead of zero."""
+    config = model.config.__class__(**{**model.config.to_dict(), **dict(features)})
     aware = tiny_model(**config.to_dict())
     nnx.update(aware, nnx.state(model))
     for block in aware.encoder.blocks:
@@ -48,6 +48,50 @@ def test_time_aware_cached_generation_equals_recomputation():
     model = _time_aware_copy(tiny_model(objective="causal", depth="2x2", max_length=32, initializer_range=0.2),
                              scale=0.5)
     for solve in ("midpoint:2",):  # stages at t = 0, 1/4, 1/2, 3/4
+        (expected,) = generate(model, [[7, 21, 5, 40]], max_new_tokens=12, solve=solve, end_token=None, cached=False)
+        (cached,) = generate(model, [[7, 21, 5, 40]], max_new_tokens=12, solve=solve, end_token=None)
+        assert cached == expected
+
+
+STRIDE_AWARE = (("time_features", 8), ("stride_features", 8))
+
+
+def _euler_by_hand(model, tokens, steps, read_stride=True):
+    """`steps` Euler steps over each segment's span, the block called with the stride each step spans
+    (or, without `read_stride`, always with stride 1)."""
+    encoder = model.encoder
+    h = encoder.embeddings(jnp.asarray(tokens))
+    mask = attention_mask(jnp.ones(tokens.shape, bool), causal=True)
+    for block, segment in zip(encoder.blocks, model.config.depth):
+        dt = segment.span / steps
+        for n in range(steps):
+            stride = dt / segment.tau if read_stride else 1.0
+            h = h + dt * (block(h, mask, time=n * dt / segment.span, stride=stride) - h)
+    return model.head(encoder.final_norm(h), encoder.embeddings)
+
+
+def test_stride_aware_field_reads_each_step_in_training_steps(rng):
+    blind = tiny_model(objective="causal", depth="2x2,4@2", initializer_range=0.2)
+    tokens = rng.integers(5, 64, (2, 16))
+    at_init = _time_aware_copy(blind, features=STRIDE_AWARE)
+    np.testing.assert_allclose(forward(at_init, tokens, solve="euler:1").logits,
+                               forward(blind, tokens, solve="euler:1").logits, rtol=0, atol=1e-6)
+    aware = _time_aware_copy(blind, scale=0.3, features=STRIDE_AWARE)
+    # strides 1 and 2 in the segments of span 2 and tau 1, 2 and 4 in the last (tau 1/2)
+    for steps in (2, 1):
+        np.testing.assert_allclose(forward(aware, tokens, solve=f"euler:{steps}").logits,
+                                   _euler_by_hand(aware, tokens, steps), rtol=0, atol=2e-5)
+    # the stride is read: the field at stride 1 steps otherwise
+    assert np.abs(forward(aware, tokens, solve="euler:1").logits
+                  - _euler_by_hand(aware, tokens, 1, read_stride=False)).max() > 1e-2
+    with pytest.raises(ConfigError, match="stride_features"):
+        tiny_model(stride_features=3)
+
+
+def test_stride_aware_cached_generation_equals_recomputation():
+    model = _time_aware_copy(tiny_model(objective="causal", depth="2x2", max_length=32, initializer_range=0.2),
+                             scale=0.5, features=STRIDE_AWARE)
+    for solve in ("midpoint:1", "euler:2@4"):  # strides 2, and 2 over a longer span
         (expected,) = generate(model, [[7, 21, 5, 40]], max_new_tokens=12, solve=solve, end_token=None, cached=False)
         (cached,) = generate(model, [[7, 21, 5, 40]], max_new_tokens=12, solve=solve, end_token=None)
         assert cached == expected

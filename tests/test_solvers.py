@@ -58,7 +58,7 @@ def test_reported_nfe_equals_evaluations_counted_at_run_time(solve):
     """A host callback inside the vector field counts evaluations as they run."""
     calls = []
 
-    def field(h, mask, key, time):
+    def field(h, mask, key, time, stride):
         jax.debug.callback(lambda: calls.append(1), ordered=True)
         return jnp.sin(3.0 * h) + mask.sum() * 0.0  # nonlinear, so adaptive solves reject steps
 

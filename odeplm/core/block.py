@@ -5,7 +5,9 @@ feed-forward); Pre-LN is the GPT layer. With `time_features`, the block also
 reads the solver time: a zero-initialised map of t scales and shifts every
 LayerNorm (as adaptive LayerNorm does for diffusion time), so the field
 f(t, h) may vary with depth while its parameters stay shared, and equals the
-time-blind block at initialisation. Parameters carry logical axis names
+time-blind block at initialisation; with `stride_features` the same map also
+reads the solver's step, in training steps, so one model can learn a coarse
+step that is not the fine step scaled. Parameters carry logical axis names
 ("embed", "heads", "mlp", "vocab") that the training mesh maps onto devices;
 activations are pinned with `constrain` (batch over data and fsdp, features
 over tensor), and each block evaluation is rematerialised by `config.remat`.
@@ -150,20 +152,23 @@ class MLP(nnx.Module):
 
 class TimeModulation(nnx.Module):
     """Scale and shift of each LayerNorm of the block as a function of the time
-    t in [0, 1] through the segment: sines and cosines of t, then a linear map
-    initialised to zero, so the block starts as the time-blind one."""
+    t in [0, 1] through the segment and, with `stride_features`, of the solver's
+    stride s, read as 1 / s (in (0, 1] for steps no finer than training): sines
+    and cosines of each, then a linear map initialised to zero, so the block
+    starts as the time-blind one."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.frequencies = config.time_features // 2
+        self.frequencies = (config.time_features // 2, config.stride_features // 2)
         self.shape = (config.inner_layers, 2, 2, config.width)  # layer, norm, (scale, shift), feature
         self.project = nnx.Linear(
-            config.time_features, math.prod(self.shape), dtype=jnp.dtype(config.dtype),
+            config.time_features + config.stride_features, math.prod(self.shape), dtype=jnp.dtype(config.dtype),
             param_dtype=jnp.dtype(config.param_dtype), kernel_init=logical(nnx.initializers.zeros_init(), (None, None)),
             bias_init=logical(nnx.initializers.zeros_init(), (None,)), rngs=rngs)
 
-    def __call__(self, time: Float[Array, ""]) -> Float[Array, "layers 2 2 width"]:
-        angles = jnp.asarray(time, jnp.float32) * jnp.pi * jnp.arange(1, self.frequencies + 1, dtype=jnp.float32)
-        return self.project(jnp.concatenate([jnp.sin(angles), jnp.cos(angles)])).reshape(self.shape)
+    def __call__(self, time: Float[Array, ""], stride: Float[Array, ""]) -> Float[Array, "layers 2 2 width"]:
+        inputs = (jnp.asarray(time, jnp.float32), 1 / jnp.asarray(stride, jnp.float32))
+        angles = [x * jnp.pi * jnp.arange(1, n + 1, dtype=jnp.float32) for x, n in zip(inputs, self.frequencies)]
+        return self.project(jnp.concatenate([f(a) for a in angles for f in (jnp.sin, jnp.cos)])).reshape(self.shape)
 
 
 def modulated(norm: nnx.LayerNorm, x: Array, modulation: Array | None) -> Array:
@@ -238,7 +243,7 @@ class Block(nnx.Module):
         self.remat = config.remat
         self.norm = config.norm
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.inner_layers)])
-        self.time = TimeModulation(config, rngs=rngs) if config.time_features else None
+        self.time = TimeModulation(config, rngs=rngs) if config.time_features or config.stride_features else None
 
     def __call__(
         self,
@@ -247,27 +252,30 @@ class Block(nnx.Module):
         key: PRNGKeyArray | None = None,
         time: Float[Array, ""] | float = 0.0,
         tau: Float[Array, ""] | float = 1.0,
+        stride: Float[Array, ""] | float = 1.0,
     ) -> Float[Array, "batch seq width"]:
-        """Phi(h) at `time` (t / span, read only with `time_features`); `tau` < 1
-        shrinks each Post-LN sub-layer's step inside its LayerNorm (see `Layer`)."""
+        """Phi(h) at `time` (t / span, read only with `time_features`) for a solver step of
+        `stride` training steps (read only with `stride_features`); `tau` < 1 shrinks each
+        Post-LN sub-layer's step inside its LayerNorm (see `Layer`)."""
         if self.remat == "none":
-            return self._apply(h, mask, key, time, tau)
-        return jax.checkpoint(Block._apply, policy=REMAT_POLICIES[self.remat])(self, h, mask, key, time, tau)
+            return self._apply(h, mask, key, time, tau, stride)
+        return jax.checkpoint(Block._apply, policy=REMAT_POLICIES[self.remat])(self, h, mask, key, time, tau, stride)
 
-    def _modulations(self, time):
-        return [None] * len(self.layers) if self.time is None else list(self.time(time))
+    def _modulations(self, time, stride):
+        return [None] * len(self.layers) if self.time is None else list(self.time(time, stride))
 
-    def _apply(self, h, mask, key, time, tau):
+    def _apply(self, h, mask, key, time, tau, stride):
         keys = [None] * len(self.layers) if key is None else list(jax.random.split(key, len(self.layers)))
-        for layer, layer_key, modulation in zip(self.layers, keys, self._modulations(time)):
+        for layer, layer_key, modulation in zip(self.layers, keys, self._modulations(time, stride)):
             h = layer(h, mask, layer_key, modulation, tau)
         return h
 
-    def cached(self, h, mask, cache: tuple[Array, Array], index, time: Float[Array, ""] | float = 0.0):
+    def cached(self, h, mask, cache: tuple[Array, Array], index, time: Float[Array, ""] | float = 0.0,
+               stride: Float[Array, ""] | float = 1.0):
         """Phi with attention over a cache holding [inner_layers, batch, slots, heads, head_dim]
         keys and values; returns Phi(h) and the updated cache."""
         keys, values = [], []
-        for i, (layer, modulation) in enumerate(zip(self.layers, self._modulations(time))):
+        for i, (layer, modulation) in enumerate(zip(self.layers, self._modulations(time, stride))):
             h, (k, v) = layer.cached(h, mask, (cache[0][i], cache[1][i]), index, modulation)
             keys.append(k)
             values.append(v)

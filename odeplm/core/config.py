@@ -133,6 +133,9 @@ class ModelConfig:
     segments, or a string for `parse_depth`). `time_features` > 0 (even) makes the
     field time-aware, f(t, h), through that many sinusoidal features of t
     (`odeplm.core.block.TimeModulation`); 0 is the time-blind field of an ordinary stack.
+    `stride_features` > 0 (even) makes it read the solver's step too, as its stride:
+    how many training steps one step spans (Frans et al. 2024's shortcut models condition
+    on the step size), so that a coarse step need not be the fine step scaled.
     `residual_gate="rezero"` scales each sub-layer's update by a learned scalar that
     starts at 0 (ReZero, SkipInit), so the block starts as the identity.
 
@@ -165,6 +168,7 @@ class ModelConfig:
     depth: DepthPlan | str = "6"
     inner_layers: int = 1
     time_features: int = 0
+    stride_features: int = 0
     residual_gate: str = "none"
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
@@ -182,15 +186,16 @@ class ModelConfig:
             _require_int(name, getattr(self, name), minimum=1)
         _require_int("type_vocab_size", self.type_vocab_size, minimum=0)
         _require_int("inner_layers", self.inner_layers, minimum=1)
-        _require_int("time_features", self.time_features, minimum=0)
+        for name in ("time_features", "stride_features"):
+            _require_int(name, getattr(self, name), minimum=0)
         for name in ("solve_checkpoints", "loss_chunk", "masked_positions"):
             if getattr(self, name) is not None:
                 _require_int(name, getattr(self, name), minimum=1)
         if self.masked_positions is not None and self.objective != "masked":
             raise ConfigError("masked_positions", f"applies to the masked objective only, not {self.objective!r}")
-        if self.time_features % 2:
-            raise ConfigError("time_features", f"must be even (a sine and a cosine per frequency), "
-                                               f"got {self.time_features}")
+        for name in ("time_features", "stride_features"):
+            if getattr(self, name) % 2:
+                raise ConfigError(name, f"must be even (a sine and a cosine per frequency), got {getattr(self, name)}")
         if self.embedding_size is None:
             object.__setattr__(self, "embedding_size", self.width)
         _require_int("embedding_size", self.embedding_size, minimum=1)

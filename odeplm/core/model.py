@@ -71,7 +71,7 @@ class Encoder(nnx.Module):
         for block, segment, solve, segment_key in zip(self.blocks, config.depth, solves, keys[1:]):
             h, segment_nfe, segment_ok = integrate(
                 block, h, mask, span=solve.span or segment.span, solve=solve, key=segment_key,
-                padding_mask=padding_mask, checkpoints=config.solve_checkpoints, states=keep_states,
+                padding_mask=padding_mask, checkpoints=config.solve_checkpoints, states=keep_states, tau=segment.tau,
             )
             if keep_states:
                 states.append(h)

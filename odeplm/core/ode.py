@@ -4,9 +4,10 @@ The vector field is f(t, h) = Phi(h) - h, so one explicit Euler step of size 1
 is exactly the layer, and L shared layers are Euler with L steps over [0, L].
 The block travels through the solve as diffrax `args` (NNX modules are
 pytrees), so gradients reach its parameters through the solver loop. A
-time-aware block reads t as the fraction t / span of its segment.
+time-aware block reads t as the fraction t / span of its segment, and a
+stride-aware one the solver's step in training steps (its stride).
 
-The block's arguments travel as (block, mask, key, span); `ln_euler`
+The block's arguments travel as (block, mask, key, span, stride); `ln_euler`
 (`odeplm.core.solvers.LayerNormEuler`) steps the block itself with the same ones.
 """
 
@@ -23,8 +24,8 @@ from odeplm.core.solvers import Solve, SolverError, time_key
 
 def vector_field(t, h, args):
     """f(t, h) = Phi(h) - h."""
-    block, mask, key, span = args
-    return block(h, mask, time_key(key, t), t / span) - h
+    block, mask, key, span, stride = args
+    return block(h, mask, time_key(key, t), t / span, stride=stride) - h
 
 
 TERM = diffrax.ODETerm(vector_field)
@@ -48,6 +49,7 @@ def integrate(
     padding_mask: Bool[Array, "batch seq"] | None = None,
     checkpoints: int | None = None,
     states: bool = False,
+    tau: float = 1.0,
 ) -> tuple[Float[Array, "*steps batch seq width"], Int[Array, ""], Bool[Array, ""]]:
     """Integrates dh/dt = f(t, h) over [0, span]; returns (h(span), NFE, success), or with
     `states` (fixed steps only) the state after every step, stacked, in place of h(span):
@@ -59,7 +61,9 @@ def integrate(
     (diffrax's binomial checkpointing: the remat of the loop, where a shared
     model's activation memory lives); adaptive solves use a PID
     controller starting from one step over the whole span, so every evaluation
-    is counted in NFE. First-same-as-last solvers start from f(0, h) evaluated
+    is counted in NFE. A fixed step of size dt has the stride dt / tau, in
+    training steps of size `tau`; an adaptive solve, which has no one step, reads
+    the field at stride 1, as trained at full depth. First-same-as-last solvers start from f(0, h) evaluated
     here once; diffrax would otherwise re-evaluate it after every rejected first
     step, uncounted in its statistics. Failure (max_steps reached) is reported, not raised, to
     keep the compiled loop free of host callbacks.
@@ -81,7 +85,7 @@ def integrate(
         raise SolverError(f"the state after every step needs a fixed step count, got the adaptive solve {solve}")
     if solve.solver == "ln_euler" and block.norm != "post":
         raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
-    args = (block, mask, key, span)
+    args = (block, mask, key, span, 1.0 if solve.adaptive else dt0 / tau)
     solver_state = (jnp.array(False), vector_field(0.0, h, args)) if solve.info.fsal else None
     solution = diffrax.diffeqsolve(
         TERM,

@@ -6,7 +6,7 @@ solver is a diffrax solver; `ln_euler` (`LayerNormEuler`) is the other
 discretisation of a Post-LN block: each step is the layer with its sub-layer
 updates scaled by the step size inside the LayerNorms, h <- LN(h + tau F(h)),
 which at tau = 1 is again the layer. It steps the block itself with the
-vector field's arguments (block, mask, key, span; see `odeplm.core.ode`).
+vector field's arguments (block, mask, key, span, stride; see `odeplm.core.ode`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class LayerNormEuler(diffrax.Euler):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         del terms, solver_state, made_jump
-        block, mask, key, span = args
-        y1 = block(y0, mask, time_key(key, t0), t0 / span, tau=t1 - t0)
+        block, mask, key, span, stride = args
+        y1 = block(y0, mask, time_key(key, t0), t0 / span, tau=t1 - t0, stride=stride)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
 
 

@@ -75,7 +75,7 @@ def empty_cache(model, solves: SolvePlan, batch: int, slots: int):
     return caches
 
 
-def _solve_segment(block, h, mask, cache, index, span: float, solve):
+def _solve_segment(block, h, mask, cache, index, span: float, tau: float, solve):
     """The fixed-step RK solve of one segment; evaluation (step n, stage i) reads and
     writes cache slot n * stages + i. The scan consumes each step's cache slots as
     inputs and emits the updated ones, so no loop iteration copies the whole cache."""
@@ -91,7 +91,7 @@ def _solve_segment(block, h, mask, cache, index, span: float, solve):
                 if weight:
                     y = y + slopes[j] * (weight * dt)
             time = (n + sum(a[i])) * dt / span  # the stage's t / span, for a time-aware block
-            phi, (k, v) = block.cached(y, mask, (step_keys[i], step_values[i]), index, time)
+            phi, (k, v) = block.cached(y, mask, (step_keys[i], step_values[i]), index, time, dt / tau)
             keys.append(k)
             values.append(v)
             slopes.append(phi - y)
@@ -121,7 +121,7 @@ def decode(model, tokens, positions, valid, caches, index, solves: SolvePlan):
     h = encoder.embeddings(tokens, positions=positions)
     new_caches = []
     for block, segment, solve, cache in zip(encoder.blocks, model.config.depth, solves, caches):
-        h, cache = _solve_segment(block, h, mask, cache, index, solve.span or segment.span, solve)
+        h, cache = _solve_segment(block, h, mask, cache, index, solve.span or segment.span, segment.tau, solve)
         new_caches.append(cache)
     if encoder.final_norm is not None:
         h = encoder.final_norm(h)
