@@ -46,6 +46,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   midpoint:1, at N = 1 by Euler); on a field that reads its solver's step as well as t
   (`depth4_curriculum_sandwich_span_stride`: 16 features of the stride, the step in training steps, as
   shortcut models condition on the step size);
+- a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
+  curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
+  two blocks cannot be served at N = 1);
 - a masked (bidirectional) model on the same task, each letter attending to the whole string and scored on
   the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked` and their
   time-aware controls `depth4_curriculum_time_masked`, `depth2_time_masked`; the span reading of the
@@ -98,6 +101,10 @@ MODELS = {
     # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
     # step need not be the fine one scaled
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
+    # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
+    # and span-reading coarse terms (1 step per block: N = 2)
+    "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(
+        _SPAN4, step_counts="1,2", step_weights="0,1", distill_steps="1")),
     # the same task read by a masked (bidirectional) model: its dedicated depths, time-blind and time-aware,
     # and the span reading of the time-aware late sandwich
     "depth4_curriculum_masked": (dict(_MASKED, depth="4"), _CLIMB4),

@@ -60,7 +60,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     record = {"name": name, "model": config.to_dict(), "dataset": run.dataset, "step": loaded.step,
               "training": training_record(run_dir, layers)}
     if not grid:
-        served = ",".join(served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)
+        served = ",".join(filter(None, (served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)))
         points = grid_points(model, (), [layers])[:1] + (solve_points(model, served) if served else [])
         return _write(results, name, {**record, "points": rows(points, batches(run.dataset), rounds=1)})
     deeper = [f"euler:{n}@{n * tau:g}" for n in (layers * 3 // 2, 2 * layers)]
@@ -230,6 +230,9 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
         found = seeds_of(results, name)
         for n in depths:
             solve = served_at(name, n)
+            if solve is None:
+                rows.append([name, f"N = {n}", "–", "–", "–", "–", "–", "fewer than its segments"])
+                continue
             points = [at(r, solve) for _, r in found]
             if not found or any(p is None for p in points) or n not in references:
                 rows.append([name, f"N = {n} ({solve})", "–", "–", "–", "–", "–", "not measured"])
@@ -305,16 +308,20 @@ def solvers_table(results: str, models: tuple[str, ...]) -> str:
     return markdown([("model", "l"), ("NFE", "r")] + [(f"{s}: loss (hardest hop)", "r") for s in GRID_SOLVERS], rows)
 
 
-def served_at(name: str, n: int) -> str:
-    """The solve a model of configs/khop.py is served with at N evaluations of its block: below full depth,
+def served_at(name: str, n: int) -> str | None:
+    """The solve a model of configs/khop.py is served with at N evaluations of its blocks: below full depth,
     its coarse terms' solver (or its training solver; that one too below the cost of one step), over its span,
-    or, for coarse terms in depth mode, its first N layers; at full depth, as trained."""
+    or, for coarse terms in depth mode, its first N layers; at full depth, as trained. Every segment takes
+    the same steps, so a partially shared plan of S segments serves multiples of S only (None below S)."""
     config = khop_configs.get_config(name)
     train, model = config.train, ModelConfig.from_dict(config.model)
+    segments = len(model.depth)
     solver = train.distill_solver or train.solver
-    if n >= model.layers or n < SOLVERS[solver].nfe(1):
+    if n >= model.layers or n < segments * SOLVERS[solver].nfe(1):
         solver = train.solver
-    steps = n // SOLVERS[solver].nfe(1)
+    steps = n // (segments * SOLVERS[solver].nfe(1))
+    if steps < 1:
+        return None
     if (train.distill_mode or train.step_mode) == "depth":
         return f"{solver}:{steps}@{steps * model.depth[0].tau:g}"
     return f"{solver}:{steps}"

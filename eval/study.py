@@ -291,6 +291,7 @@ KHOP_RECIPES = (
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
                        "depth4_curriculum_sandwich_late_labels_time")),
     (4, "time-aware", _TIME_AWARE4),
+    (4, "time-aware", ("depth2x2_curriculum_sandwich_span_time",)),
     (4, "masked", ("depth4_curriculum_sandwich_span_time_masked",)),
     (4, "masked time-aware", ("depth4_curriculum_sandwich_span_time_masked",)),
 )
