@@ -50,9 +50,7 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
 - a masked (bidirectional) model on the same task, each letter attending to the whole string and scored on
-  the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked` and their
-  time-aware controls `depth4_curriculum_time_masked`, `depth2_time_masked`; the span reading of the
-  time-aware late sandwich, `depth4_curriculum_sandwich_span_time_masked`.
+  the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked`.
 """
 
 from odeplm.runs.settings import default_config
@@ -105,14 +103,10 @@ MODELS = {
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(
         _SPAN4, step_counts="1,2", step_weights="0,1", distill_steps="1")),
-    # the same task read by a masked (bidirectional) model: its dedicated depths, time-blind and time-aware,
-    # and the span reading of the time-aware late sandwich
+    # the same task read by a masked (bidirectional) model: its dedicated depths
     "depth4_curriculum_masked": (dict(_MASKED, depth="4"), _CLIMB4),
     "depth2_masked": (dict(_MASKED, depth="2"), {}),
     "depth1_masked": (dict(_MASKED, depth="1"), {}),
-    "depth4_curriculum_time_masked": (dict(_MASKED, **_TIME, depth="4"), _CLIMB4),
-    "depth2_time_masked": (dict(_MASKED, **_TIME, depth="2"), {}),
-    "depth4_curriculum_sandwich_span_time_masked": (dict(_MASKED, **_TIME, depth="4"), _SPAN4),
 }
 STEPS = 2000
 

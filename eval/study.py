@@ -274,8 +274,7 @@ def plot_speeds(models, dedicated: dict[int, str], path: str, title: str) -> Non
 KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
                   "curriculum": ("depth8_curriculum", "depth4_curriculum", "depth2", "depth1"),
                   "time-aware": ("depth4_curriculum_time", "depth2_time", "depth1"),
-                  "masked": ("depth4_curriculum_masked", "depth2_masked", "depth1_masked"),
-                  "masked time-aware": ("depth4_curriculum_time_masked", "depth2_time_masked", "depth1_masked")}
+                  "masked": ("depth4_curriculum_masked", "depth2_masked", "depth1_masked")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
@@ -292,8 +291,7 @@ KHOP_RECIPES = (
                        "depth4_curriculum_sandwich_late_labels_time")),
     (4, "time-aware", _TIME_AWARE4),
     (4, "time-aware", ("depth2x2_curriculum_sandwich_span_time",)),
-    (4, "masked", ("depth4_curriculum_sandwich_span_time_masked",)),
-    (4, "masked time-aware", ("depth4_curriculum_sandwich_span_time_masked",)),
+    (4, "masked", ("depth4_curriculum_masked",)),
 )
 
 
