@@ -40,7 +40,8 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   span (steps of 1 and 2);
 - the ODE reading of the time-aware late sandwich: the same curriculum and labels-alone coarse terms from
   step 1200, but the coarse terms take 1 and 2 steps over the whole span (tau = 4 and 2) instead of the
-  first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`); with state matching, each coarse step's
+  first 1 and 2 layers (`depth4_curriculum_sandwich_span_time`; at L = 8, 2 and 4 steps,
+  `depth8_curriculum_sandwich_span_time`); with state matching, each coarse step's
   state against the full-depth state where it lands (`..._span_time_states`: weight 1; `..._states_light`:
   0.1); and at the midpoint method, 1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by
   midpoint:1, at N = 1 by Euler); on a field that reads its solver's step as well as t
@@ -88,6 +89,9 @@ MODELS = {
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),
+    "depth8_curriculum_sandwich_span_time": (dict(_TIME, depth="8"), dict(
+        _LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4", distill_start=1200,
+        distill_label_weight=1.0, distill_mode="span")),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
     "depth4_span2": (dict(depth="4@2"), {}),
     # the ODE reading of the best recipe: coarse terms of 1 and 2 steps over the whole span (tau = 4 and 2)
