@@ -279,7 +279,8 @@ KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8
                    "depth8_lr5e-4")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
-                "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride")
+                "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
+                "depth2x2_curriculum_sandwich_span_time")
 # models whose result files hold the grid: each solver against Euler at equal NFE
 KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
@@ -290,7 +291,6 @@ KHOP_RECIPES = (
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
                        "depth4_curriculum_sandwich_late_labels_time")),
     (4, "time-aware", _TIME_AWARE4),
-    (4, "time-aware", ("depth2x2_curriculum_sandwich_span_time",)),
     (4, "masked", ("depth4_curriculum_masked",)),
 )
 
