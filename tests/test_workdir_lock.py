@@ -55,6 +55,45 @@ def test_release_leaves_another_holders_lock_alone(tmp_path):
     assert json.loads((tmp_path / "lock.json").read_text())["host"] == "elsewhere"
 
 
+def test_a_lock_that_changes_hands_while_it_is_read_is_left_to_its_new_holder(tmp_path):
+    """Its holder gives it back between a refused create and the read of the holder, and another live
+    run takes it: that run is named, not taken over."""
+    class RacedWhileReading(WorkdirLock):
+        raced = False
+
+        def _holder(self):
+            if self.raced:
+                return super()._holder()
+            self.raced = True
+            (tmp_path / "lock.json").unlink()  # given back ...
+            try:
+                return super()._holder()
+            finally:
+                _write_lock(tmp_path, pid=os.getppid())  # ... and taken by a live run
+
+    _write_lock(tmp_path, pid=os.getppid())
+    with pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
+        RacedWhileReading(str(tmp_path)).acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getppid()
+
+
+def test_a_stale_lock_taken_over_by_another_run_first_is_put_back(tmp_path):
+    """A stale lock is judged, then another run takes it over before this one moves it aside:
+    the lock moved is that run's, so it goes back and that run is named."""
+    class OvertakenWhileJudging(WorkdirLock):
+        def _stale(self, holder):
+            stale = super()._stale(holder)
+            if stale:
+                _write_lock(tmp_path, pid=os.getppid())  # the other taker's new lock
+            return stale
+
+    _write_lock(tmp_path, pid=_dead_pid())
+    with pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
+        OvertakenWhileJudging(str(tmp_path)).acquire()
+    assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getppid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lock.json"]
+
+
 def test_runs_contending_for_the_lock_never_hold_it_together(tmp_path):
     """Six processes take and give back the lock as fast as they can; a shared log of who
     holds it shows no two holders at once (a check-then-write lock lets two in)."""

@@ -9,7 +9,10 @@ same instant one gets it. A lock left by a run
 that died is stale: on the same host when its process is gone, on another host
 (a pod restarted elsewhere) when its heartbeat, refreshed at every logging
 window, is older than `stale_after`; it is taken over by moving it aside, which
-one taker alone can do. Only process 0 of a multi-process run holds it.
+one taker alone can do, and a taker that finds it moved a lock other than the
+stale one it judged (another taker's, made meanwhile) puts it back. A lock
+given back while it is being read is looked at again, never taken over. Only
+process 0 of a multi-process run holds it.
 
 On a remote workdir (`gs://`) the file system offers no exclusive create
 through `etils.epath`: the lock is written and read back, which catches a
@@ -44,7 +47,10 @@ class WorkdirLock:
     def acquire(self):
         """Takes the lock, or raises WorkdirBusy naming the live holder."""
         while not self._create():
-            holder = self._holder()
+            try:
+                holder = self._holder()
+            except FileNotFoundError:
+                continue  # given back since the create was refused: another run may be creating it now
             if holder is not None and self._is_mine(holder):
                 break
             if holder is not None and not self._stale(holder):
@@ -57,11 +63,30 @@ class WorkdirLock:
                 self.path.rename(aside)  # of several takers, one moves it; the others find it gone
             except FileNotFoundError:
                 continue
+            if self.local and self._moved_a_live_lock(aside, holder):
+                continue
             aside.unlink()
             if holder is not None:
                 log.warning("took over the stale lock of pid %s on %s (%s)", holder.get("pid"), holder.get("host"),
                             self.path)
         self.refresh()
+
+    def _moved_a_live_lock(self, aside, judged: dict | None) -> bool:
+        """Whether the lock moved aside is not the stale one judged (another taker replaced that one
+        meanwhile); if so, it is put back where its holder left it."""
+        try:
+            moved = json.loads(aside.read_text())
+        except ValueError:
+            moved = None
+        if moved == judged:
+            return False
+        try:
+            os.link(aside, self.path)
+        except FileExistsError:
+            pass  # a third run made a lock meanwhile: this one names it next
+        finally:
+            aside.unlink()
+        return True
 
     def _create(self) -> bool:
         """Creates the lock file holding this run, unless one exists."""
@@ -89,15 +114,22 @@ class WorkdirLock:
         temporary.replace(self.path)
 
     def release(self):
-        holder = self._holder() if self.path.exists() else None
+        try:
+            holder = self._holder()
+        except FileNotFoundError:
+            return
         if holder is not None and self._is_mine(holder):
             self.path.unlink()
 
     def _holder(self) -> dict | None:
+        """The holder the lock names; None where it cannot be read (treated as stale); raises
+        FileNotFoundError where there is no lock."""
         try:
             return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError):
-            return None  # unreadable or half written: treated as stale
+            return None
 
     def _is_mine(self, holder: dict) -> bool:
         return holder.get("host") == self.mine["host"] and holder.get("pid") == self.mine["pid"]
