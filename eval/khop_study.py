@@ -58,7 +58,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
         return [{k: row[k] for k in keep} for row in run_grid(model, points, data, rounds)]
 
     record = {"name": name, "model": config.to_dict(), "dataset": run.dataset, "step": loaded.step,
-              "training": training_record(run_dir, layers)}
+              "training": training_record(run_dir, f"euler:{config.depth[0].steps}")}
     if not grid:
         served = ",".join(filter(None, (served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)))
         points = grid_points(model, (), [layers])[:1] + (solve_points(model, served) if served else [])
@@ -91,14 +91,14 @@ def _write(results: str, name: str, result: dict) -> dict:
     return result
 
 
-def training_record(run_dir: str, layers: int, window: int = 50) -> dict:
-    """The loss curve in windows of `window` steps, validation accuracy per hop count, and the step at which
-    each hop count was learned (None: not within the run)."""
+def training_record(run_dir: str, solve: str, window: int = 50) -> dict:
+    """The loss curve in windows of `window` steps, validation accuracy per hop count at the training `solve`,
+    and the step at which each hop count was learned there (None: not within the run)."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     curve = [[rows[i + window - 1]["step"], float(np.mean([r["loss"] for r in rows[i:i + window]]))]
              for i in range(0, len(rows) - window + 1, window)]
-    prefix = f"validation/accuracy@euler:{layers}/hops="
+    prefix = f"validation/accuracy@{solve}/hops="
     validation = [[row["step"], {k[len(prefix):]: v for k, v in row.items() if k.startswith(prefix)}]
                   for row in rows if any(k.startswith(prefix) for k in row)]
     learned = {}
