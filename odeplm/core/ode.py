@@ -63,9 +63,9 @@ def integrate(
     controller starting from one step over the whole span, so every evaluation
     is counted in NFE. A fixed step of size dt has the stride dt / tau, in
     training steps of size `tau`; an adaptive solve, which has no one step, reads
-    the field at stride 1, as trained at full depth. First-same-as-last solvers start from f(0, h) evaluated
-    here once; diffrax would otherwise re-evaluate it after every rejected first
-    step, uncounted in its statistics. Failure (max_steps reached) is reported, not raised, to
+    the field at stride 1, as trained at full depth. First-same-as-last solvers
+    start from f(0, h) evaluated here once; diffrax would otherwise re-evaluate it
+    after every rejected first step, uncounted in its statistics. Failure (max_steps reached) is reported, not raised, to
     keep the compiled loop free of host callbacks.
     """
     if solve.adaptive:
