@@ -65,8 +65,8 @@ def integrate(
     training steps of size `tau`; an adaptive solve, which has no one step, reads
     the field at stride 1, as trained at full depth. First-same-as-last solvers
     start from f(0, h) evaluated here once; diffrax would otherwise re-evaluate it
-    after every rejected first step, uncounted in its statistics. Failure (max_steps reached) is reported, not raised, to
-    keep the compiled loop free of host callbacks.
+    after every rejected first step, uncounted in its statistics. Failure (max_steps
+    reached) is reported, not raised, to keep the compiled loop free of host callbacks.
     """
     if solve.adaptive:
         dt0 = span
