@@ -20,7 +20,7 @@ import numpy as np
 
 from configs import khop as khop_configs
 from odeplm.core.config import ModelConfig
-from odeplm.core.solvers import SOLVERS, Solve
+from odeplm.core.solvers import SOLVERS, Solve, plan_label, plan_solves
 from odeplm.evaluation.report import markdown
 
 LEARNED = 0.9  # a hop count is learned once its validation accuracy reaches this
@@ -58,7 +58,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
         return [{k: row[k] for k in keep} for row in run_grid(model, points, data, rounds)]
 
     record = {"name": name, "model": config.to_dict(), "dataset": run.dataset, "step": loaded.step,
-              "training": training_record(run_dir, f"euler:{config.depth[0].steps}")}
+              "training": training_record(run_dir, plan_label(plan_solves(config.depth)))}
     if not grid:
         served = ",".join(filter(None, (served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)))
         points = grid_points(model, (), [layers])[:1] + (solve_points(model, served) if served else [])
