@@ -47,6 +47,10 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   midpoint:1, at N = 1 by Euler); on a field that reads its solver's step as well as t
   (`depth4_curriculum_sandwich_span_stride`: 16 features of the stride, the step in training steps, as
   shortcut models condition on the step size);
+- the same span reading trained for the compute of the dedicated models it is measured against: at
+  `ladder_steps(1200)` = 2514 steps, full depth throughout and coarse terms of L/2 and L/4 from step 1200 cost
+  as many block evaluations as dedicated L-, L/2- and L/4-layer models at 2000 steps each
+  (`depth4_curriculum_sandwich_span_time_matched`, `depth8_curriculum_sandwich_span_time_matched`);
 - a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
@@ -63,6 +67,19 @@ _LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start=1200)  # the coarse te
 _TIME = dict(time_features=16)
 _MASKED = dict(objective="masked")  # attends both ways; scored on the task's own targets, nothing masked
 _SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse steps over the span, labels alone
+_SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4", distill_start=1200,
+              distill_label_weight=1.0, distill_mode="span")
+STEPS = 2000
+
+
+def ladder_steps(distill_start: int) -> int:
+    """Training steps at which one model (full depth throughout, coarse terms of L/2 and L/4 steps from
+    `distill_start`) costs the block evaluations of dedicated L-, L/2- and L/4-layer models at STEPS each:
+    S L + (S - start) 3L/4 = 7L/4 STEPS, counting full depth at every step (the depth curriculum's first steps
+    cost less, in the recipe as in the dedicated L-layer model)."""
+    return round(STEPS + 3 * distill_start / 7)
+
+
 MODELS = {
     **{f"depth{n}": (dict(depth=str(n)), {}) for n in (8, 4, 2, 1)},
     "depth8_span2": (dict(depth="8@2"), {}),
@@ -89,9 +106,7 @@ MODELS = {
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
                                                               distill_start=1200)),
-    "depth8_curriculum_sandwich_span_time": (dict(_TIME, depth="8"), dict(
-        _LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4", distill_start=1200,
-        distill_label_weight=1.0, distill_mode="span")),
+    "depth8_curriculum_sandwich_span_time": (dict(_TIME, depth="8"), _SPAN8),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
     "depth4_span2": (dict(depth="4@2"), {}),
     # the ODE reading of the best recipe: coarse terms of 1 and 2 steps over the whole span (tau = 4 and 2)
@@ -100,6 +115,9 @@ MODELS = {
     "depth4_curriculum_sandwich_span_time_states_light": (dict(_TIME, depth="4"),
                                                           dict(_SPAN4, distill_state_weight=0.1)),
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
+    # the same for the compute of the dedicated models it is measured against
+    "depth4_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="4"), dict(_SPAN4, steps=ladder_steps(1200))),
+    "depth8_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="8"), dict(_SPAN8, steps=ladder_steps(1200))),
     # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
     # step need not be the fine one scaled
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
@@ -112,7 +130,6 @@ MODELS = {
     "depth2_masked": (dict(_MASKED, depth="2"), {}),
     "depth1_masked": (dict(_MASKED, depth="1"), {}),
 }
-STEPS = 2000
 
 
 def get_config(name: str = "depth8"):

@@ -278,6 +278,7 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
+                "depth4_curriculum_sandwich_span_time_matched",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
                 "depth2x2_curriculum_sandwich_span_time")
@@ -285,7 +286,8 @@ _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculu
 KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
 KHOP_RECIPES = (
-    (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late", "depth8_curriculum_sandwich_span_time")),
+    (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late", "depth8_curriculum_sandwich_span_time",
+                       "depth8_curriculum_sandwich_span_time_matched")),
     (4, "curriculum", ("depth4_curriculum", "depth4_span2", "depth4_curriculum_random",
                        "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_late_labels",
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
