@@ -216,14 +216,22 @@ def candidates_table(results: str, plain: str, candidates: tuple[str, ...]) -> s
 def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str]) -> str:
     """One model at N = L, L/2, L/4 (each at the solve it is served with) against the dedicated models of those
     depths, over seeds: accuracy per hop count and loss; `within` when every hop count is within 1 point and the
-    loss within 1% or 0.01 nats, whichever is larger."""
+    loss within 1% or 0.01 nats, whichever is larger. Its training cost is its block evaluations over training
+    (forward, each step's NFE) relative to the dedicated models of the three depths together: what one model
+    saves, or spends, against training each depth on its own."""
     depths = sorted(dedicated, reverse=True)
-    references = {}
+    references, costs = {}, {}
     for n in depths:
-        points = [full_depth(r) for _, r in seeds_of(results, dedicated[n])]
-        if points:
-            references[n] = _mean_point(points)
-    rows = [["dedicated (mean over seeds)", f"N = {n}", f"{references[n]['loss']:.4f}"]
+        found = seeds_of(results, dedicated[n])
+        if found:
+            references[n] = _mean_point([full_depth(r) for _, r in found])
+            costs[n] = _training_evaluations(found)
+    ladder = sum(costs.values()) if len(costs) == len(depths) else None
+
+    def cost(evaluations: float) -> str:
+        return f"{evaluations / ladder:.2f}" if ladder else "–"
+
+    rows = [["dedicated (mean over seeds)", f"N = {n}", cost(costs[n]), f"{references[n]['loss']:.4f}"]
             + [f"{references[n]['groups'][h]['accuracy']:.3f}" for h in _hops(references[n])] + [""]
             for n in depths if n in references]
     for name in models:
@@ -231,22 +239,28 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
         for n in depths:
             solve = served_at(name, n)
             if solve is None:
-                rows.append([name, f"N = {n}", "–", "–", "–", "–", "–", "fewer than its segments"])
+                rows.append([name, f"N = {n}"] + ["–"] * 6 + ["fewer than its segments"])
                 continue
             points = [at(r, solve) for _, r in found]
             if not found or any(p is None for p in points) or n not in references:
-                rows.append([name, f"N = {n} ({solve})", "–", "–", "–", "–", "–", "not measured"])
+                rows.append([name, f"N = {n} ({solve})"] + ["–"] * 6 + ["not measured"])
                 continue
             mean, reference = _mean_point(points), references[n]
             within = (abs(mean["loss"] - reference["loss"]) <= max(0.01 * reference["loss"], 0.01)
                       or mean["loss"] <= reference["loss"]) and all(
                 mean["groups"][h]["accuracy"] >= reference["groups"][h]["accuracy"] - 0.01 for h in _hops(mean))
             seeds = f"{len(found)} seed{'s' if len(found) > 1 else ''}"
-            rows.append([f"{name} ({seeds})", f"N = {n} ({solve})", f"{mean['loss']:.4f}"]
+            rows.append([f"{name} ({seeds})", f"N = {n} ({solve})", cost(_training_evaluations(found)),
+                         f"{mean['loss']:.4f}"]
                         + [f"{mean['groups'][h]['accuracy']:.3f}" for h in _hops(mean)]
                         + ["yes" if within else "no"])
-    return markdown([("model", "l"), ("served at", "l"), ("loss", "r")]
+    return markdown([("model", "l"), ("served at", "l"), ("training cost", "r"), ("loss", "r")]
                     + [(f"hops={h}", "r") for h in ("1", "2", "3", "4")] + [("within", "c")], rows)
+
+
+def _training_evaluations(found: list[tuple[int, dict]]) -> float:
+    """Block evaluations over a model's training, mean over its seeds: steps x the mean NFE per step."""
+    return float(np.mean([r["step"] * r["training"]["nfe_per_step"] for _, r in found]))
 
 
 def _mean_point(points: list[dict]) -> dict:
