@@ -46,7 +46,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   0.1); and at the midpoint method, 1 and 2 steps (NFE 2 and 4; `..._midpoint_time`: served at N = 2 by
   midpoint:1, at N = 1 by Euler); on a field that reads its solver's step as well as t
   (`depth4_curriculum_sandwich_span_stride`: 16 features of the stride, the step in training steps, as
-  shortcut models condition on the step size);
+  shortcut models condition on the step size); and that field with its coarse terms from the first step,
+  beside the curriculum's climb, so that the one-step term trains as long as a dedicated 1-layer model
+  and the whole costs what the dedicated models cost (`depth4_curriculum_sandwich_span_stride_early`);
 - the same span reading trained for the compute of the dedicated models it is measured against: at
   `ladder_steps(1200)` = 2514 steps, full depth throughout and coarse terms of L/2 and L/4 from step 1200 cost
   as many block evaluations as dedicated L-, L/2- and L/4-layer models at 2000 steps each
@@ -121,6 +123,8 @@ MODELS = {
     # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
     # step need not be the fine one scaled
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
+    "depth4_curriculum_sandwich_span_stride_early": (dict(_TIME, stride_features=16, depth="4"),
+                                                      dict(_SPAN4, distill_start=0)),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(
