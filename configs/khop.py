@@ -48,7 +48,8 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   (`depth4_curriculum_sandwich_span_stride`: 16 features of the stride, the step in training steps, as
   shortcut models condition on the step size); and that field with its coarse terms from the first step,
   beside the curriculum's climb, so that the one-step term trains as long as a dedicated 1-layer model
-  and the whole costs what the dedicated models cost (`depth4_curriculum_sandwich_span_stride_early`);
+  and the whole costs what the dedicated models cost (`depth4_curriculum_sandwich_span_stride_early`;
+  on the time-aware field alone, `depth4_curriculum_sandwich_span_time_early`);
 - the same span reading trained for the compute of the dedicated models it is measured against: at
   `ladder_steps(1200)` = 2514 steps, full depth throughout and coarse terms of L/2 and L/4 from step 1200 cost
   as many block evaluations as dedicated L-, L/2- and L/4-layer models at 2000 steps each
@@ -125,6 +126,7 @@ MODELS = {
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
     "depth4_curriculum_sandwich_span_stride_early": (dict(_TIME, stride_features=16, depth="4"),
                                                       dict(_SPAN4, distill_start=0)),
+    "depth4_curriculum_sandwich_span_time_early": (dict(_TIME, depth="4"), dict(_SPAN4, distill_start=0)),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(

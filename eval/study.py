@@ -281,7 +281,7 @@ _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculu
                 "depth4_curriculum_sandwich_span_time_matched",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
-                "depth4_curriculum_sandwich_span_stride_early",
+                "depth4_curriculum_sandwich_span_stride_early", "depth4_curriculum_sandwich_span_time_early",
                 "depth2x2_curriculum_sandwich_span_time")
 # models whose result files hold the grid: each solver against Euler at equal NFE
 KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
