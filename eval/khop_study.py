@@ -216,9 +216,9 @@ def candidates_table(results: str, plain: str, candidates: tuple[str, ...]) -> s
 def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str]) -> str:
     """One model at N = L, L/2, L/4 (each at the solve it is served with) against the dedicated models of those
     depths, over seeds: accuracy per hop count and loss; `within` when every hop count is within 1 point and the
-    loss within 1% or 0.01 nats, whichever is larger. Its training cost is its block evaluations over training
-    (forward, each step's NFE) relative to the dedicated models of the three depths together: what one model
-    saves, or spends, against training each depth on its own."""
+    loss within 1% or 0.01 nats, whichever is larger. A model's training cost is its block evaluations over
+    training (steps times NFE per step) relative to the dedicated models of the three depths together: what one
+    model saves, or spends, against training each depth on its own."""
     depths = sorted(dedicated, reverse=True)
     references, costs = {}, {}
     for n in depths:

@@ -277,12 +277,13 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
                   "masked": ("depth4_curriculum_masked", "depth2_masked", "depth1_masked")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
+# time-aware recipes trained for the block evaluations of the dedicated models together
+_AT_LADDER_COST4 = ("depth4_curriculum_sandwich_span_time_matched", "depth4_curriculum_sandwich_span_stride_early",
+                    "depth4_curriculum_sandwich_span_time_early")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
-                "depth4_curriculum_sandwich_span_time_matched",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
-                "depth4_curriculum_sandwich_span_stride_early", "depth4_curriculum_sandwich_span_time_early",
-                "depth2x2_curriculum_sandwich_span_time")
+                "depth2x2_curriculum_sandwich_span_time", *_AT_LADDER_COST4)
 # models whose result files hold the grid: each solver against Euler at equal NFE
 KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_midpoint_time")
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
@@ -292,7 +293,7 @@ KHOP_RECIPES = (
     (4, "curriculum", ("depth4_curriculum", "depth4_span2", "depth4_curriculum_random",
                        "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_late_labels",
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
-                       "depth4_curriculum_sandwich_late_labels_time")),
+                       "depth4_curriculum_sandwich_late_labels_time", *_AT_LADDER_COST4)),
     (4, "time-aware", _TIME_AWARE4),
     (4, "masked", ("depth4_curriculum_masked",)),
 )
