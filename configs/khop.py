@@ -120,8 +120,10 @@ MODELS = {
                                                           dict(_SPAN4, distill_state_weight=0.1)),
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
     # the same for the compute of the dedicated models it is measured against
-    "depth4_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="4"), dict(_SPAN4, steps=ladder_steps(1200))),
-    "depth8_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="8"), dict(_SPAN8, steps=ladder_steps(1200))),
+    "depth4_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="4"),
+                                                      dict(_SPAN4, steps=ladder_steps(_SPAN4["distill_start"]))),
+    "depth8_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="8"),
+                                                      dict(_SPAN8, steps=ladder_steps(_SPAN8["distill_start"]))),
     # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
     # step need not be the fine one scaled
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),

@@ -231,31 +231,33 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
     def cost(evaluations: float) -> str:
         return f"{evaluations / ladder:.2f}" if ladder else "–"
 
+    columns = ([("model", "l"), ("served at", "l"), ("training cost", "r"), ("loss", "r")]
+               + [(f"hops={h}", "r") for h in ("1", "2", "3", "4")] + [("within", "c")])
+    unmeasured = ["–"] * (len(columns) - 3)  # every column but the model, its solve and the verdict
     rows = [["dedicated (mean over seeds)", f"N = {n}", cost(costs[n]), f"{references[n]['loss']:.4f}"]
             + [f"{references[n]['groups'][h]['accuracy']:.3f}" for h in _hops(references[n])] + [""]
             for n in depths if n in references]
     for name in models:
         found = seeds_of(results, name)
+        model_cost = cost(_training_evaluations(found)) if found else "–"
         for n in depths:
             solve = served_at(name, n)
             if solve is None:
-                rows.append([name, f"N = {n}"] + ["–"] * 6 + ["fewer than its segments"])
+                rows.append([name, f"N = {n}"] + unmeasured + ["fewer than its segments"])
                 continue
             points = [at(r, solve) for _, r in found]
             if not found or any(p is None for p in points) or n not in references:
-                rows.append([name, f"N = {n} ({solve})"] + ["–"] * 6 + ["not measured"])
+                rows.append([name, f"N = {n} ({solve})"] + unmeasured + ["not measured"])
                 continue
             mean, reference = _mean_point(points), references[n]
             within = (abs(mean["loss"] - reference["loss"]) <= max(0.01 * reference["loss"], 0.01)
                       or mean["loss"] <= reference["loss"]) and all(
                 mean["groups"][h]["accuracy"] >= reference["groups"][h]["accuracy"] - 0.01 for h in _hops(mean))
             seeds = f"{len(found)} seed{'s' if len(found) > 1 else ''}"
-            rows.append([f"{name} ({seeds})", f"N = {n} ({solve})", cost(_training_evaluations(found)),
-                         f"{mean['loss']:.4f}"]
+            rows.append([f"{name} ({seeds})", f"N = {n} ({solve})", model_cost, f"{mean['loss']:.4f}"]
                         + [f"{mean['groups'][h]['accuracy']:.3f}" for h in _hops(mean)]
                         + ["yes" if within else "no"])
-    return markdown([("model", "l"), ("served at", "l"), ("training cost", "r"), ("loss", "r")]
-                    + [(f"hops={h}", "r") for h in ("1", "2", "3", "4")] + [("within", "c")], rows)
+    return markdown(columns, rows)
 
 
 def _training_evaluations(found: list[tuple[int, dict]]) -> float:
