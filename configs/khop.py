@@ -50,10 +50,12 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   beside the curriculum's climb, so that the one-step term trains as long as a dedicated 1-layer model
   and the whole costs what the dedicated models cost (`depth4_curriculum_sandwich_span_stride_early`;
   on the time-aware field alone, `depth4_curriculum_sandwich_span_time_early`);
-- the same span reading trained for the compute of the dedicated models it is measured against: at
-  `ladder_steps(1200)` = 2514 steps, full depth throughout and coarse terms of L/2 and L/4 from step 1200 cost
+- the same span reading trained for the compute of the dedicated models it is measured against
+  (`ladder_steps`): at 2514 steps, full depth throughout and coarse terms of L/2 and L/4 from step 1200 cost
   as many block evaluations as dedicated L-, L/2- and L/4-layer models at 2000 steps each
-  (`depth4_curriculum_sandwich_span_time_matched`, `depth8_curriculum_sandwich_span_time_matched`);
+  (`depth4_curriculum_sandwich_span_time_matched`, `depth8_curriculum_sandwich_span_time_matched`); and the
+  two halves joined, each term with its own start: the one-step term from the first step on the stride-aware
+  field, the two-step term from step 1200 (`depth4_curriculum_sandwich_span_stride_staggered`, 2343 steps);
 - a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
@@ -61,27 +63,32 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   the same targets: dedicated `depth4_curriculum_masked`, `depth2_masked`, `depth1_masked`.
 """
 
+from odeplm.runs.recipe import Distillation
 from odeplm.runs.settings import default_config
 
 DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
 _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
 _CLIMB4 = dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)
-_LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start=1200)  # the coarse terms join after the climb
+_LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start="1200")  # the coarse terms join after the climb
 _TIME = dict(time_features=16)
 _MASKED = dict(objective="masked")  # attends both ways; scored on the task's own targets, nothing masked
 _SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse steps over the span, labels alone
-_SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4", distill_start=1200,
-              distill_label_weight=1.0, distill_mode="span")
+_SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4",
+              distill_start="1200", distill_label_weight=1.0, distill_mode="span")
+_STAGGERED4 = dict(_SPAN4, distill_start="0,1200")  # the one-step term from the first step, the two-step late
 STEPS = 2000
 
 
-def ladder_steps(distill_start: int) -> int:
-    """Training steps at which one model (full depth throughout, coarse terms of L/2 and L/4 steps from
-    `distill_start`) costs the block evaluations of dedicated L-, L/2- and L/4-layer models at STEPS each:
-    S L + (S - start) 3L/4 = 7L/4 STEPS, counting full depth at every step (the depth curriculum's first steps
-    cost less, in the recipe as in the dedicated L-layer model; at L = 8 the dedicated 4-layer model's
-    curriculum makes the ladder a little cheaper still)."""
-    return round(STEPS + 3 * distill_start / 7)
+def ladder_steps(depth: int, train: dict) -> int:
+    """Training steps at which one model of `depth` layers (full depth throughout, the coarse terms of
+    `train` from their `distill_start`) costs the block evaluations of the dedicated models of its speeds
+    (L and each coarse step count) at STEPS each: S L + sum_n n (S - start_n) = (L + sum_n n) STEPS,
+    counting full depth at every step (the depth curriculum's first steps cost less, in the recipe as in
+    the dedicated L-layer model; at L = 8 the dedicated 4-layer model's curriculum makes the ladder a
+    little cheaper still)."""
+    terms = Distillation.parse(train["distill_steps"], "", 1.0, 0.0, start=train["distill_start"])
+    late = sum(n * start for n, start in zip(terms.steps, terms.starts()))
+    return round(STEPS + late / (depth + sum(terms.steps)))
 
 
 MODELS = {
@@ -104,12 +111,12 @@ MODELS = {
     "depth4_curriculum_sandwich_late_labels_heavy": (dict(depth="4"), dict(_LATE4, distill_label_weight=1.0,
                                                                             distill_weights="2,2")),
     "depth4_curriculum_sandwich_late_labels_time": (dict(_TIME, depth="4"), dict(_LATE4, distill_label_weight=1.0)),
-    "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(_LATE4, distill_start=1500,
+    "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(_LATE4, distill_start="1500",
                                                                            distill_label_weight=1.0,
                                                                            distill_weights="2,2")),
     "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
                                                               curriculum_steps=1000, distill_steps="2,4",
-                                                              distill_start=1200)),
+                                                              distill_start="1200")),
     "depth8_curriculum_sandwich_span_time": (dict(_TIME, depth="8"), _SPAN8),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
     "depth4_span2": (dict(depth="4@2"), {}),
@@ -121,15 +128,19 @@ MODELS = {
     "depth4_curriculum_sandwich_midpoint_time": (dict(_TIME, depth="4"), dict(_SPAN4, distill_solver="midpoint")),
     # the same for the compute of the dedicated models it is measured against
     "depth4_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="4"),
-                                                      dict(_SPAN4, steps=ladder_steps(_SPAN4["distill_start"]))),
+                                                      dict(_SPAN4, steps=ladder_steps(4, _SPAN4))),
     "depth8_curriculum_sandwich_span_time_matched": (dict(_TIME, depth="8"),
-                                                      dict(_SPAN8, steps=ladder_steps(_SPAN8["distill_start"]))),
+                                                      dict(_SPAN8, steps=ladder_steps(8, _SPAN8))),
     # the span reading on a field that also reads its step (stride 1, 2, 4 at N = 4, 2, 1), so that a coarse
     # step need not be the fine one scaled
     "depth4_curriculum_sandwich_span_stride": (dict(_TIME, stride_features=16, depth="4"), _SPAN4),
     "depth4_curriculum_sandwich_span_stride_early": (dict(_TIME, stride_features=16, depth="4"),
-                                                      dict(_SPAN4, distill_start=0)),
-    "depth4_curriculum_sandwich_span_time_early": (dict(_TIME, depth="4"), dict(_SPAN4, distill_start=0)),
+                                                      dict(_SPAN4, distill_start="0")),
+    "depth4_curriculum_sandwich_span_time_early": (dict(_TIME, depth="4"), dict(_SPAN4, distill_start="0")),
+    # the two halves joined: the one-step term, which learns as if from scratch, from the first step, the
+    # two-step term once full depth has formed its circuit; at the dedicated models' cost
+    "depth4_curriculum_sandwich_span_stride_staggered": (dict(_TIME, stride_features=16, depth="4"),
+                                                          dict(_STAGGERED4, steps=ladder_steps(4, _STAGGERED4))),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(

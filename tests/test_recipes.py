@@ -195,15 +195,19 @@ def test_depth_mode_and_curriculum_draw_shallower_models_first():
 
 def test_coarse_terms_follow_the_step_mode_and_join_at_their_start():
     depth = parse_depth("4")
-    distillation = Distillation(steps=(1, 2), start=300)
+    distillation = Distillation(steps=(1, 2), start=(300,))
     span = distillation.coarse_solves(depth, Discretisation())
     assert span == ((Solve("euler", 1),), (Solve("euler", 2),))  # steps of size 4 and 2 over the span
     layers = distillation.coarse_solves(depth, Discretisation(steps=(2, 3, 4), mode="depth"))
     assert layers == ((Solve("euler", 1, span=1.0),), (Solve("euler", 2, span=2.0),))  # the first 1 and 2 layers
-    assert [distillation.active(s) for s in (0, 299, 300)] == [False, False, True]
-    assert not Distillation().active(10**6)
-    with pytest.raises(ConfigError, match="train.distill_start"):
-        Distillation(steps=(1,), start=-1)
+    assert [distillation.active(s).steps for s in (0, 299, 300)] == [(), (), (1, 2)]
+    assert Distillation().active(10**6).coarse_solves(depth, Discretisation()) == ()
+    each = Distillation.parse("2,1", "0.5,3", 1.0, 0.0, start="300,0")  # the one-step term first, its own weight
+    assert [each.active(s).terms() for s in (0, 299, 300)] == [((1, 3.0),), ((1, 3.0),), ((2, 0.5), (1, 3.0))]
+    assert each.active(0).coarse_solves(depth, Discretisation()) == ((Solve("euler", 1),),)
+    for start, message in (("-1", ">= 0"), ("0,1,2", "one per step count"), ("", ">= 0"), ("a", "integers")):
+        with pytest.raises(ConfigError, match=f"train.distill_start.*{message}"):
+            Distillation.parse("1,2", "", 1.0, 0.0, start=start)
 
 
 def test_state_matching_equals_the_distance_written_out(rng):

@@ -498,10 +498,34 @@ def test_a_profile_window_traces_its_steps_into_the_runs_tensorboard_directory(c
 
 
 def test_coarse_terms_join_at_distill_start(corpus_dir, tmp_path):
-    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1", distill_start=2))
+    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1", distill_start="2"))
     with Trainer(config, str(tmp_path / "run")) as trainer:
         trainer.run()
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert [("loss_at_1_steps" in row) for row in rows] == [False, False, True, True]
     assert all(row["objective"] > row["loss"] for row in rows[2:])  # the coarse term adds to the objective
+
+
+def test_each_coarse_term_joins_at_its_own_start(corpus_dir, tmp_path):
+    """One start per term: the one-step term from step 1, the two-step term from step 3. Each row's
+    objective is the full-depth loss plus the label losses of the terms that had joined (labels alone)."""
+    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1,2", distill_start="1,3",
+                                                distill_label_weight=1.0))
+    with Trainer(config, str(tmp_path / "run")) as trainer:
+        trainer.run()
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    joined = [tuple(n for n in (1, 2) if f"loss_at_{n}_steps" in row) for row in rows]
+    assert joined == [(), (1,), (1,), (1, 2)]
+    for row, terms in zip(rows[1:], joined[1:]):
+        assert row["objective"] == pytest.approx(row["loss"] + sum(row[f"loss_at_{n}_steps"] for n in terms),
+                                                 rel=1e-5)
+
+
+def test_a_run_saved_with_one_integer_start_loads_as_that_start_for_every_term(corpus_dir):
+    """Checkpoints from before per-term starts keep `train.distill_start` as an integer."""
+    saved = tiny_config(corpus_dir, train=dict(distill_steps="1,2")).to_dict()
+    saved["train"]["distill_start"] = 7
+    settings = TrainSettings.from_saved(saved)
+    assert settings.distillation.starts() == (7, 7)

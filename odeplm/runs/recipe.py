@@ -114,7 +114,9 @@ class Distillation:
     can be taught to be accurate under a higher-order method at few steps, or a
     depth curriculum can train coarse steps over the whole span. They join after
     `start` steps (0: from the first), so that full depth can form its circuit
-    before coarse steps must serve too.
+    before coarse steps must serve too; one start per term lets a term that
+    learns as if from scratch (one step) train from the first step while the
+    others join late.
     """
 
     steps: tuple[int, ...] = ()  # empty: off
@@ -122,13 +124,16 @@ class Distillation:
     label_weight: float = 0.5
     hidden_weight: float = 0.0
     solver: str = ""
-    start: int = 0
+    start: tuple[int, ...] = (0,)  # one for every term, or one per term
     mode: str = ""
     state_weight: float = 0.0
 
     def __post_init__(self):
-        if not is_count(self.start, 0):
-            raise ConfigError("train.distill_start", f"must be an integer >= 0, got {self.start!r}")
+        if not (self.start and all(is_count(s, 0) for s in self.start)):
+            raise ConfigError("train.distill_start", f"must be integers >= 0, got {self.start!r}")
+        if len(self.start) > 1 and len(self.start) != len(self.steps):
+            raise ConfigError("train.distill_start", f"need one start for every term or one per step count "
+                                                     f"{self.steps}, got {self.start}")
         if not all(map(is_count, self.steps)):
             raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
         if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
@@ -147,14 +152,23 @@ class Distillation:
 
     @classmethod
     def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
-              solver: str = "", start: int = 0, mode: str = "", state_weight: float = 0.0) -> "Distillation":
-        """From config strings: steps `"2,4"`, weights `"1,1"`."""
+              solver: str = "", start: str = "0", mode: str = "", state_weight: float = 0.0) -> "Distillation":
+        """From config strings: steps `"2,4"`, weights `"1,1"`, start `"1200"` or one per term, `"0,1200"`."""
         return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
-                   float(label_weight), float(hidden_weight), solver, start, mode, float(state_weight))
+                   float(label_weight), float(hidden_weight), solver, _numbers("train.distill_start", start, int),
+                   mode, float(state_weight))
 
-    def active(self, step: int) -> bool:
-        """Whether the coarse terms train at `step` (0-based)."""
-        return bool(self.steps) and step >= self.start
+    def starts(self) -> tuple[int, ...]:
+        """The step at which each coarse term joins."""
+        return self.start * len(self.steps) if len(self.start) == 1 else self.start
+
+    def active(self, step: int) -> "Distillation":
+        """The coarse terms that train at `step` (0-based), those whose start has passed; no steps: none."""
+        starts = self.starts()
+        joined = [i for i, start in enumerate(starts) if step >= start]
+        return dataclasses.replace(self, steps=tuple(self.steps[i] for i in joined),
+                                   weights=tuple(self.weights[i] for i in joined) if self.weights else (),
+                                   start=tuple(starts[i] for i in joined) or (0,))
 
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(step count, weight) of each coarse term."""

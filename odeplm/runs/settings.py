@@ -59,7 +59,7 @@ def default_config() -> ConfigDict:
         # step's state with the full-depth state where it lands
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
         distill_mode="", distill_state_weight=0.0,
-        distill_start=0,  # the coarse terms join after this many steps
+        distill_start="0",  # the coarse terms join after this many steps: one for all, or one per term
         # trace steps [profile_start, profile_start + profile_steps) with jax.profiler into WORKDIR/tensorboard
         profile_start=1, profile_steps=0,
     ))
@@ -79,6 +79,13 @@ def _solves(field: str, text: str) -> tuple[str, ...]:
         except SolverError as error:
             raise ConfigError(field, str(error)) from None
     return solves
+
+
+def _widened(default: Any, saved: Any) -> Any:
+    """A saved number where today's field is text, a field since widened to one value per term
+    (`train.distill_start`), reads as its text."""
+    numeric = isinstance(saved, (int, float)) and not isinstance(saved, bool)
+    return str(saved) if isinstance(default, str) and numeric else saved
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +129,7 @@ class TrainSettings:
         config = default_config()
         for name, value in run.items():
             if isinstance(value, Mapping) and name in config:
-                config[name].update({k: v for k, v in value.items() if k in config[name]})
+                config[name].update({k: _widened(config[name][k], v) for k, v in value.items() if k in config[name]})
             elif name in config:
                 config[name] = value
         return cls.from_config(config)
@@ -173,7 +180,7 @@ class TrainSettings:
                                                 train.step_mode, train.curriculum_steps),
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
                                             train.distill_label_weight, train.distill_hidden_weight,
-                                            str(train.distill_solver), train.distill_start,
+                                            str(train.distill_solver), str(train.distill_start),
                                             str(train.distill_mode), train.distill_state_weight),
             profile_start=train.profile_start, profile_steps=train.profile_steps,
         )

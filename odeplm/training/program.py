@@ -21,7 +21,7 @@ from flax import nnx
 from odeplm.core.config import ModelConfig
 from odeplm.core.model import LanguageModel, abstract_model
 from odeplm.core.sharding import MeshError, batch_sharding, param_shardings, replicated
-from odeplm.runs.recipe import landings
+from odeplm.runs.recipe import Distillation, landings
 from odeplm.runs.settings import TrainSettings
 from odeplm.training.objectives import training_loss
 from odeplm.training.optim import learning_rate_schedule, make_optimizer
@@ -86,7 +86,7 @@ class TrainProgram:
                                         clip_norm=settings.clip_norm)
         distillation, discretisation = settings.distillation, settings.discretisation
         if distillation.state_weight:  # refused now, not at the step where the coarse terms join
-            for steps in discretisation.counts_from(distillation.start):
+            for steps in discretisation.counts_from(min(distillation.starts(), default=0)):
                 for coarse in distillation.coarse_solves(model_config.depth, discretisation):
                     landings(model_config.depth, coarse, discretisation.solves(model_config.depth, steps))
         self.graphdef, abstract_params = abstract_model(model_config)
@@ -100,7 +100,7 @@ class TrainProgram:
         shapes = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params_shape, "opt_state": opt_shape}
         self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                            shapes, self.state_shardings)
-        self._step_functions: dict[tuple[int | None, bool], Any] = {}
+        self._step_functions: dict[tuple[int | None, Distillation], Any] = {}
 
     def init_state(self) -> dict:
         """Fresh parameters and optimizer state from `settings.seed`, created already sharded."""
@@ -124,17 +124,16 @@ class TrainProgram:
         """Every step count the recipe can draw (None: the depth plan's own)."""
         return self.settings.discretisation.steps or (None,)
 
-    def step_function(self, steps: int | None, distilling: bool = True):
-        """The jitted training step for one drawn step count, with or without the
-        sandwich's coarse terms; its activations are constrained under this
-        program's mesh, so it lowers the same anywhere."""
-        distillation = self.settings.distillation
-        if (steps, distilling) not in self._step_functions:
+    def step_function(self, steps: int | None, distillation: Distillation | None = None):
+        """The jitted training step for one drawn step count and the sandwich's coarse
+        terms that train then (None: all of them; `Distillation.active`); its activations
+        are constrained under this program's mesh, so it lowers the same anywhere."""
+        distillation = self.settings.distillation if distillation is None else distillation
+        if (steps, distillation) not in self._step_functions:
             step = functools.partial(
                 train_step, graphdef=self.graphdef, optimizer=self.optimizer, schedule=self.schedule,
                 solves=self.settings.discretisation.solves(self.model_config.depth, steps),
-                coarse=distillation.coarse_solves(self.model_config.depth, self.settings.discretisation)
-                if distilling else (),
+                coarse=distillation.coarse_solves(self.model_config.depth, self.settings.discretisation),
                 distillation=distillation,
                 accum=self.settings.grad_accum,
                 dropout=self.model_config.dropout > 0 or self.model_config.attention_dropout > 0,
@@ -144,12 +143,12 @@ class TrainProgram:
                 with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
                     return step(state, batch, key)
 
-            self._step_functions[steps, distilling] = jax.jit(
+            self._step_functions[steps, distillation] = jax.jit(
                 under_mesh,
                 in_shardings=(self.state_shardings, batch_sharding(self.mesh), replicated(self.mesh)),
                 out_shardings=(self.state_shardings, replicated(self.mesh)), donate_argnums=0,
             )
-        return self._step_functions[steps, distilling]
+        return self._step_functions[steps, distillation]
 
     def lower(self, steps: int | None):
         """The train step for `steps`, lowered on abstract arguments (nothing allocated)."""
