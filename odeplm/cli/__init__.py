@@ -41,9 +41,12 @@ def quiet_start() -> None:
       platform was asked for, this host has no TPU chips and no other accelerator
       plugin is installed; on a TPU host, or with JAX_PLATFORMS set, nothing changes;
     - TensorFlow's start-up notices, and the warnings TFDS and orbax log through absl
-      at every run, are left out unless `--verbosity` asks for them.
+      at every run, are left out unless `--verbosity` asks for them. TensorFlow 2.21
+      logs its oneDNN notice whatever TF_CPP_MIN_LOG_LEVEL says, so its oneDNN kernels
+      are off: TensorFlow only reads records here and computes nothing.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     other_plugins = importlib.util.find_spec("jax_plugins") is not None
     if not jax.config.jax_platforms and not _tpu_chips_here() and not other_plugins:
         jax.config.update("jax_platforms", "cpu")
