@@ -57,7 +57,9 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   two halves joined, each term with its own start: the one-step term from the first step on the stride-aware
   field, the two-step term from step 1200 (`depth4_curriculum_sandwich_span_stride_staggered`, 2343 steps;
   at L = 8 the two-step term from the first step, the four-step term from step 1200,
-  `depth8_curriculum_sandwich_span_stride_staggered`, 2343 steps);
+  `depth8_curriculum_sandwich_span_stride_staggered`, 2343 steps); and, for more compute than that, the
+  coarse terms from step 1200 each trained for 2000 steps, as long as their dedicated models
+  (`depth4_curriculum_sandwich_span_time_long`, 3200 steps);
 - a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
@@ -146,6 +148,9 @@ MODELS = {
                                                           dict(_STAGGERED4, steps=ladder_steps(4, _STAGGERED4))),
     "depth8_curriculum_sandwich_span_stride_staggered": (dict(_TIME, stride_features=16, depth="8"),
                                                           dict(_STAGGERED8, steps=ladder_steps(8, _STAGGERED8))),
+    # the coarse terms joining late, each trained for as many steps as its dedicated model: more compute
+    "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"),
+                                                   dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(
