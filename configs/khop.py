@@ -55,11 +55,10 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   as many block evaluations as dedicated L-, L/2- and L/4-layer models at 2000 steps each
   (`depth4_curriculum_sandwich_span_time_matched`, `depth8_curriculum_sandwich_span_time_matched`); and the
   two halves joined, each term with its own start: the one-step term from the first step on the stride-aware
-  field, the two-step term from step 1200 (`depth4_curriculum_sandwich_span_stride_staggered`, 2343 steps;
-  at L = 8 the two-step term from the first step, the four-step term from step 1200,
-  `depth8_curriculum_sandwich_span_stride_staggered`, 2343 steps); and, for more compute than that, the
-  coarse terms from step 1200 each trained for 2000 steps, as long as their dedicated models
-  (`depth4_curriculum_sandwich_span_time_long`, 3200 steps);
+  field, the two-step term from step 1200 (`depth4_curriculum_sandwich_span_stride_staggered`, 2343 steps);
+  and, for more compute than that, the coarse terms from step 1200 each trained for 2000 steps, as long as
+  their dedicated models (`depth4_curriculum_sandwich_span_time_long`, `depth8_curriculum_sandwich_span_time_long`:
+  3200 steps), at L = 4 also with the one-step term weighted 3 (`..._long_heavy`);
 - a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
@@ -80,8 +79,8 @@ _SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse s
 _SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4",
               distill_start="1200", distill_label_weight=1.0, distill_mode="span")
 _STAGGERED4 = dict(_SPAN4, distill_start="0,1200")  # the one-step term from the first step, the two-step late
-_STAGGERED8 = dict(_SPAN8, distill_start="0,1200")  # the same at L = 8: two steps from the first, four late
 STEPS = 2000
+_LONG4 = dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)  # each coarse term trains STEPS steps
 
 
 def ladder_steps(depth: int, train: dict) -> int:
@@ -146,11 +145,12 @@ MODELS = {
     # two-step term once full depth has formed its circuit; at the dedicated models' cost
     "depth4_curriculum_sandwich_span_stride_staggered": (dict(_TIME, stride_features=16, depth="4"),
                                                           dict(_STAGGERED4, steps=ladder_steps(4, _STAGGERED4))),
-    "depth8_curriculum_sandwich_span_stride_staggered": (dict(_TIME, stride_features=16, depth="8"),
-                                                          dict(_STAGGERED8, steps=ladder_steps(8, _STAGGERED8))),
-    # the coarse terms joining late, each trained for as many steps as its dedicated model: more compute
-    "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"),
-                                                   dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)),
+    # the coarse terms joining late, each trained for as many steps as its dedicated model: more compute;
+    # with the one-step term weighted 3, spending the deeper speeds' margin on the shallowest
+    "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"), _LONG4),
+    "depth4_curriculum_sandwich_span_time_long_heavy": (dict(_TIME, depth="4"), dict(_LONG4, distill_weights="3,1")),
+    "depth8_curriculum_sandwich_span_time_long": (dict(_TIME, depth="8"),
+                                                   dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(

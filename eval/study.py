@@ -277,9 +277,10 @@ KHOP_DEDICATED = {"plain": ("depth8", "depth4", "depth2", "depth1"),
                   "masked": ("depth4_curriculum_masked", "depth2_masked", "depth1_masked")}
 KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8_mup", "depth8_random_depth",
                    "depth8_lr5e-4")
-# time-aware recipes trained for the block evaluations of the dedicated models together
+# time-aware recipes trained for the block evaluations of the dedicated models together, or more (`_long`)
 _AT_LADDER_COST4 = ("depth4_curriculum_sandwich_span_time_matched", "depth4_curriculum_sandwich_span_stride_early",
-                    "depth4_curriculum_sandwich_span_time_early", "depth4_curriculum_sandwich_span_stride_staggered")
+                    "depth4_curriculum_sandwich_span_time_early", "depth4_curriculum_sandwich_span_stride_staggered",
+                    "depth4_curriculum_sandwich_span_time_long")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
