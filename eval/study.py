@@ -290,7 +290,7 @@ KHOP_SOLVERS = ("depth8_curriculum", "depth4_curriculum_sandwich_late", "depth4_
 # one model at N = L, L/2, L/4 against the dedicated models of a family (KHOP_DEDICATED) at those depths
 KHOP_RECIPES = (
     (8, "curriculum", ("depth8_curriculum", "depth8_curriculum_sandwich_late", "depth8_curriculum_sandwich_span_time",
-                       "depth8_curriculum_sandwich_span_time_matched")),
+                       "depth8_curriculum_sandwich_span_time_matched", "depth8_curriculum_sandwich_span_time_long")),
     (4, "curriculum", ("depth4_curriculum", "depth4_span2", "depth4_curriculum_random",
                        "depth4_curriculum_sandwich_late", "depth4_curriculum_sandwich_late_labels",
                        "depth4_curriculum_sandwich_late_labels_heavy", "depth4_curriculum_sandwich_after_transition",
