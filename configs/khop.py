@@ -58,7 +58,7 @@ fully shared unless its name says otherwise, trained for 2000 AdamW steps of
   field, the two-step term from step 1200 (`depth4_curriculum_sandwich_span_stride_staggered`, 2343 steps);
   and, for more compute than that, the coarse terms from step 1200 each trained for 2000 steps, as long as
   their dedicated models (`depth4_curriculum_sandwich_span_time_long`, `depth8_curriculum_sandwich_span_time_long`:
-  3200 steps);
+  3200 steps), at L = 4 also with the one-step term weighted 3 (`..._long_heavy`);
 - a partially shared plan, two blocks of two steps each (`depth2x2_curriculum_sandwich_span_time`: the
   curriculum at 1 then 2 steps per block, coarse terms of 1 step per block over its span, N = 2; a plan of
   two blocks cannot be served at N = 1);
@@ -80,6 +80,8 @@ _SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, dist
               distill_start="1200", distill_label_weight=1.0, distill_mode="span")
 _STAGGERED4 = dict(_SPAN4, distill_start="0,1200")  # the one-step term from the first step, the two-step late
 STEPS = 2000
+_LONG4 = dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)  # each coarse term trains STEPS steps
+_LONG8 = dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)
 
 
 def ladder_steps(depth: int, train: dict) -> int:
@@ -144,11 +146,11 @@ MODELS = {
     # two-step term once full depth has formed its circuit; at the dedicated models' cost
     "depth4_curriculum_sandwich_span_stride_staggered": (dict(_TIME, stride_features=16, depth="4"),
                                                           dict(_STAGGERED4, steps=ladder_steps(4, _STAGGERED4))),
-    # the coarse terms joining late, each trained for as many steps as its dedicated model: more compute
-    "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"),
-                                                   dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)),
-    "depth8_curriculum_sandwich_span_time_long": (dict(_TIME, depth="8"),
-                                                   dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)),
+    # the coarse terms joining late, each trained for as many steps as its dedicated model: more compute;
+    # at L = 4 also with the one-step term weighted 3, spending the deeper speeds' margin on the shallowest
+    "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"), _LONG4),
+    "depth4_curriculum_sandwich_span_time_long_heavy": (dict(_TIME, depth="4"), dict(_LONG4, distill_weights="3,1")),
+    "depth8_curriculum_sandwich_span_time_long": (dict(_TIME, depth="8"), _LONG8),
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(

@@ -280,7 +280,7 @@ KHOP_CANDIDATES = ("depth8_curriculum", "depth8_rezero", "depth8_span2", "depth8
 # time-aware recipes trained for the block evaluations of the dedicated models together, or more (`_long`)
 _AT_LADDER_COST4 = ("depth4_curriculum_sandwich_span_time_matched", "depth4_curriculum_sandwich_span_stride_early",
                     "depth4_curriculum_sandwich_span_time_early", "depth4_curriculum_sandwich_span_stride_staggered",
-                    "depth4_curriculum_sandwich_span_time_long")
+                    "depth4_curriculum_sandwich_span_time_long", "depth4_curriculum_sandwich_span_time_long_heavy")
 _TIME_AWARE4 = ("depth4_curriculum_sandwich_late_labels_time", "depth4_curriculum_sandwich_span_time",
                 "depth4_curriculum_sandwich_span_time_states", "depth4_curriculum_sandwich_span_time_states_light",
                 "depth4_curriculum_sandwich_midpoint_time", "depth4_curriculum_sandwich_span_stride",
