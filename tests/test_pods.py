@@ -40,7 +40,7 @@ print(json.dumps(temps))
 
 def python(code_or_module: list[str], *, devices: int = 1, env: dict | None = None):
     environment = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-                       XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                       XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}")
     environment.update(env or {})
     return subprocess.run([sys.executable, *code_or_module], cwd=ROOT, env=environment, capture_output=True,
                           text=True, timeout=600)

@@ -55,7 +55,7 @@ def command(workdir, corpus_dir, *overrides):
 
 def environment(devices: int) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={devices}")
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
 
