@@ -10,6 +10,9 @@ L = 8 block applications. The names:
 
 - dedicated depths `depth8`, `depth4`, `depth2`: plain models trained at the
   depth they serve (tau = 1, N = L);
+- the k-hop study's winner for deep shared models, a depth curriculum (2, 3, ..., L layers, each for an equal
+  share of the first 1000 steps, then L): `depth8_curriculum`, `depth4_curriculum` (at L = 2 the curriculum
+  is the plain model);
 - today's recipes: `random` (N drawn uniformly from {2, 4, 8} per batch);
 - the sandwich rule (`odeplm.runs.recipe.Distillation`): every batch trains full
   depth on the labels and N = 2 and 4 on half labels, half the full-depth
@@ -35,6 +38,10 @@ MODELS = {
     "depth8": ({}, {}),
     "depth4": (dict(depth="4"), {}),
     "depth2": (dict(depth="2"), {}),
+    "depth8_curriculum": ({}, dict(step_counts="2,3,4,5,6,7,8", step_weights="0,0,0,0,0,0,1", step_mode="depth",
+                                   curriculum_steps=1000)),
+    "depth4_curriculum": (dict(depth="4"), dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth",
+                                                curriculum_steps=1000)),
     "random": ({}, dict(step_counts="2,4,8")),
     "sandwich": ({}, _SANDWICH),
     "sandwich_heavy": ({}, dict(_SANDWICH, distill_weights="2,1")),

@@ -130,8 +130,10 @@ def _worse_by_at_most(value, reference, percent: float, *, higher_is_better: boo
 
 
 def search_table() -> str:
-    groups = {"causal, Pre-LN": CAUSAL, **{f"masked, {'Post' if n == 'post' else 'Pre'}-LN":
-                                           {d: f"masked_{n}_depth{d}" for d in SPEEDS} for n in ("post", "pre")}}
+    curriculum = {**CAUSAL, **{n: f"depth{n}_curriculum" for n in SPEEDS[:2]}}  # at L = 2 the plain model
+    masked = {f"masked, {'Post' if n == 'post' else 'Pre'}-LN": {d: f"masked_{n}_depth{d}" for d in SPEEDS}
+              for n in ("post", "pre")}
+    groups = {"causal, Pre-LN": CAUSAL, "causal, Pre-LN, depth curriculum": curriculum, **masked}
     rows = []
     for label, models in groups.items():
         losses = {n: at(models[n], f"euler:{n}") for n in SPEEDS}
