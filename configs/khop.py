@@ -71,17 +71,37 @@ from odeplm.runs.settings import default_config
 
 DATASET = "khop"  # alphabet 4, length 80, hops 1-4, 131072 training and 2048 validation sequences
 _LADDER = dict(step_counts="2,3,4,5,6,7,8", step_mode="depth")
-_CLIMB4 = dict(step_counts="2,3,4", step_weights="0,0,1", step_mode="depth", curriculum_steps=1000)
+
+
+def climb(depth: int) -> dict:
+    """The depth curriculum of a dedicated `depth`-layer model: 2, 3, ..., depth layers, each for an equal
+    share of the first 1000 steps, then `depth` layers."""
+    return dict(step_counts=",".join(map(str, range(2, depth + 1))), step_mode="depth", curriculum_steps=1000,
+                step_weights=",".join(["0"] * (depth - 2) + ["1"]))
+
+
+_CLIMB4 = climb(4)
 _LATE4 = dict(_CLIMB4, distill_steps="1,2", distill_start="1200")  # the coarse terms join after the climb
 _TIME = dict(time_features=16)
 _MASKED = dict(objective="masked")  # attends both ways; scored on the task's own targets, nothing masked
 _SPAN4 = dict(_LATE4, distill_label_weight=1.0, distill_mode="span")  # coarse steps over the span, labels alone
-_SPAN8 = dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000, distill_steps="2,4",
-              distill_start="1200", distill_label_weight=1.0, distill_mode="span")
+_SPAN8 = dict(climb(8), distill_steps="2,4", distill_start="1200", distill_label_weight=1.0, distill_mode="span")
 _STAGGERED4 = dict(_SPAN4, distill_start="0,1200")  # the one-step term from the first step, the two-step late
 STEPS = 2000
 _LONG4 = dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)  # each coarse term trains STEPS steps
 _LONG8 = dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)
+
+
+def any_speed(depth: int) -> dict:
+    """One coarse solve a batch beside full depth, from step 1200 (after the climb, once full depth has formed its
+    circuit), drawn from every Euler step count from 1 to 2L but L and the midpoint method up to L evaluations,
+    over the span, on the labels: the fewest steps, the hardest to learn, drawn most (weight 2 up to L/2 steps,
+    1 below L, 1/2 above it, 1 for each midpoint solve), so that the whole costs under 1.5 dedicated models."""
+    euler = [n for n in range(1, 2 * depth + 1) if n != depth]
+    solves = [f"euler:{n}" for n in euler] + [f"midpoint:{n}" for n in range(1, depth // 2 + 1)]
+    weights = [2 if 2 * n <= depth else 1 if n < depth else 0.5 for n in euler] + [1] * (depth // 2)
+    return dict(climb(depth), distill_draw=",".join(solves), distill_draw_weights=",".join(map(str, weights)),
+                distill_start="1200", distill_label_weight=1.0, distill_mode="span")
 
 
 def ladder_steps(depth: int, train: dict) -> int:
@@ -102,8 +122,8 @@ MODELS = {
     "depth8_span1": (dict(depth="8@1"), {}),
     "depth8_mup": (dict(depth="8@2.8284271247461903"), dict(learning_rate=5e-4)),
     "depth8_rezero": (dict(depth="8", residual_gate="rezero"), {}),
-    "depth8_curriculum": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1", curriculum_steps=1000)),
-    "depth4_curriculum": (dict(depth="4"), _CLIMB4),
+    # the dedicated curriculum models, one per depth: the ladder every step count is held against
+    **{f"depth{n}_curriculum": (dict(depth=str(n)), climb(n)) for n in (3, 4, 5, 6, 7, 8)},
     "depth8_random_depth": (dict(depth="8"), _LADDER),
     "depth4_curriculum_time": (dict(_TIME, depth="4"), _CLIMB4),
     "depth2_time": (dict(_TIME, depth="2"), {}),
@@ -119,9 +139,7 @@ MODELS = {
     "depth4_curriculum_sandwich_after_transition": (dict(depth="4"), dict(_LATE4, distill_start="1500",
                                                                            distill_label_weight=1.0,
                                                                            distill_weights="2,2")),
-    "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(_LADDER, step_weights="0,0,0,0,0,0,1",
-                                                              curriculum_steps=1000, distill_steps="2,4",
-                                                              distill_start="1200")),
+    "depth8_curriculum_sandwich_late": (dict(depth="8"), dict(climb(8), distill_steps="2,4", distill_start="1200")),
     "depth8_curriculum_sandwich_span_time": (dict(_TIME, depth="8"), _SPAN8),
     "depth8_lr5e-4": (dict(depth="8"), dict(learning_rate=5e-4)),
     "depth4_span2": (dict(depth="4@2"), {}),
@@ -151,6 +169,10 @@ MODELS = {
     "depth4_curriculum_sandwich_span_time_long": (dict(_TIME, depth="4"), _LONG4),
     "depth4_curriculum_sandwich_span_time_long_heavy": (dict(_TIME, depth="4"), dict(_LONG4, distill_weights="3,1")),
     "depth8_curriculum_sandwich_span_time_long": (dict(_TIME, depth="8"), _LONG8),
+    # one model at every step count and order (issue "An ODE in fact"): a field that reads t and its step
+    # (as shortcut models and LoopFormer condition on the step size) and one drawn coarse solve a batch
+    **{f"depth{n}_curriculum_draw_stride": (dict(_TIME, stride_features=16, depth=str(n)), any_speed(n))
+       for n in (4, 8)},
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)
     "depth2x2_curriculum_sandwich_span_time": (dict(_TIME, depth="2x2"), dict(

@@ -62,7 +62,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     if not grid:
         served = ",".join(filter(None, (served_at(name, n) for n in (layers // 2, layers // 4) if n >= 1)))
         points = grid_points(model, (), [layers])[:1] + (solve_points(model, served) if served else [])
-        return _write(results, name, {**record, "points": rows(points, batches(run.dataset), rounds=1)})
+        return write(results, name, {**record, "points": rows(points, batches(run.dataset), rounds=1)})
     deeper = [f"euler:{n}@{n * tau:g}" for n in (layers * 3 // 2, 2 * layers)]
     steps = [n for n in (1, 2, 3, 4, 6, 8, 12, 16) if n <= 2 * layers]  # per segment; at most 2L evaluations
     points = grid_points(model, GRID_SOLVERS, steps, deeper, max_nfe=2 * layers)
@@ -74,7 +74,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     for hops in range(low, high + 1):
         (row,) = rows(solve_points(model, ADAPTIVE), batches(f"{task}&hops={hops}", 8), rounds=1)
         adaptive[str(hops)] = {"nfe": row["nfe"], "accuracy": row["accuracy"]}
-    return _write(results, name, {
+    return write(results, name, {
         **record,
         "points": rows(points, batches(run.dataset)),
         "beyond": {"dataset": beyond, "points": rows(solve_points(model, ",".join(
@@ -83,7 +83,7 @@ def evaluate(name: str, workdir: str, results: str, grid: bool = True) -> dict:
     })
 
 
-def _write(results: str, name: str, result: dict) -> dict:
+def write(results: str, name: str, result: dict) -> dict:
     path = result_path(results, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -225,7 +225,7 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
         found = seeds_of(results, dedicated[n])
         if found:
             references[n] = _mean_point([full_depth(r) for _, r in found])
-            costs[n] = _training_evaluations(found)
+            costs[n] = training_evaluations(found)
     ladder = sum(costs.values()) if len(costs) == len(depths) else None
 
     def cost(evaluations: float) -> str:
@@ -239,7 +239,7 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
             for n in depths if n in references]
     for name in models:
         found = seeds_of(results, name)
-        model_cost = cost(_training_evaluations(found)) if found else "–"
+        model_cost = cost(training_evaluations(found)) if found else "–"
         for n in depths:
             solve = served_at(name, n)
             if solve is None:
@@ -260,7 +260,7 @@ def speeds_table(results: str, models: tuple[str, ...], dedicated: dict[int, str
     return markdown(columns, rows)
 
 
-def _training_evaluations(found: list[tuple[int, dict]]) -> float:
+def training_evaluations(found: list[tuple[int, dict]]) -> float:
     """Block evaluations over a model's training, mean over its seeds: steps x the mean NFE per step."""
     return float(np.mean([r["step"] * r["training"]["nfe_per_step"] for _, r in found]))
 

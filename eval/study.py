@@ -7,8 +7,11 @@ The k-hop study, where depth pays (`eval/khop_study.py`, configs/khop.py):
     python -m eval.study --table khop_recipes      # one model at N = L, L/2, L/4 against the dedicated models
     python -m eval.study --table khop_steps        # accuracy per hop against N, beyond the trained hops, adaptive NFE
     python -m eval.study --table khop_solvers      # higher-order solvers against Euler at equal NFE
+    python -m eval.study --table khop_any_speed    # one model at every step count, order and tolerance (--format json)
+    python -m eval.study --plot khop_any_speed     # the same as a figure, docs/figures/khop_any_speed.png
     python -m train.pretrain --config configs/khop.py:NAME --workdir runs/khop/NAME
     python -m eval.study --study khop --evaluate NAME --workdir runs/khop   # -> docs/study/khop/NAME.json
+    python -m eval.study --study khop --evaluate NAME --nogrid --any_speed --workdir runs/khop   # every speed
 
 The character-level Shakespeare study, where depth does not pay (configs/study.py):
 
@@ -40,13 +43,18 @@ import numpy as np
 from absl import app, flags
 
 from configs import study as study_configs
-from eval import khop_study
+from eval import khop_any_speed, khop_study
 from odeplm.cli import run
 from odeplm.core.solvers import SOLVERS
 from odeplm.evaluation.report import markdown
 
-flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_steps, khop_solvers, search, "
-                                   "recipes, seeds, solvers, masked or latency")
+flags.DEFINE_string("table", None, "khop, khop_candidates, khop_recipes, khop_steps, khop_solvers, khop_any_speed, "
+                                   "search, recipes, seeds, solvers, masked or latency")
+flags.DEFINE_enum("format", "markdown", ["markdown", "json"], "--table khop_any_speed: a markdown table with the "
+                  "goals met and missed, or its rows as a JSON list")
+flags.DEFINE_enum("plot", None, ["khop_any_speed"], "draws the table's figure under --figures")
+flags.DEFINE_bool("any_speed", False, "k-hop: add every step count, order and tolerance to each result file "
+                  "(eval/khop_any_speed.py)")
 flags.DEFINE_enum("study", "shakespeare", ["shakespeare", "khop"], "the study whose models --evaluate names")
 flags.DEFINE_list("evaluate", [], "models of the study whose result files to (re)make from --workdir")
 flags.DEFINE_bool("grid", True, "k-hop: the whole grid in each result file; "
@@ -300,6 +308,10 @@ KHOP_RECIPES = (
     (4, "time-aware", _TIME_AWARE4),
     (4, "masked", ("depth4_curriculum_masked",)),
 )
+# one model at every step count, order and tolerance, each against the dedicated curriculum ladder
+KHOP_ANY_SPEED = ("depth8_curriculum_draw_stride", "depth4_curriculum_draw_stride",
+                  "depth8_curriculum_sandwich_span_time_long", "depth4_curriculum_sandwich_span_time_long_heavy",
+                  "depth8_curriculum")
 
 
 def khop_table(name: str) -> str:
@@ -318,6 +330,13 @@ def khop_table(name: str) -> str:
         return khop_study.solvers_table(FLAGS.results, KHOP_SOLVERS)
     if name == "khop_steps":
         return khop_study.steps_table(FLAGS.results, "depth8_curriculum")
+    if name == "khop_any_speed":
+        rows = khop_any_speed.rows(FLAGS.results, KHOP_ANY_SPEED)
+        if FLAGS.format == "json":
+            return json.dumps(rows, indent=1)
+        return (khop_any_speed.table(rows) + f"\n\nWithin: {khop_any_speed.CRITERION}, means over seeds; cost: "
+                f"block evaluations over training relative to one dedicated full-depth model.\n\n"
+                + khop_any_speed.goals(rows))
     raise app.UsageError(f"unknown --table {name!r}")
 
 
@@ -326,10 +345,16 @@ def main(argv):
     for name in FLAGS.evaluate:
         if FLAGS.study == "khop":
             khop_study.evaluate(name, FLAGS.workdir, FLAGS.results, FLAGS.grid)
+            if FLAGS.any_speed:
+                khop_any_speed.evaluate(name, FLAGS.workdir, FLAGS.results)
             print(f"wrote {khop_study.result_path(FLAGS.results, name)}")
         else:
             evaluate(name)
             print(f"wrote {os.path.join(FLAGS.results, name + '.json')}")
+    if FLAGS.plot == "khop_any_speed":
+        path = os.path.join(FLAGS.figures, "khop_any_speed.png")
+        khop_any_speed.plot(FLAGS.results, khop_any_speed.rows(FLAGS.results, KHOP_ANY_SPEED), path)
+        print(f"wrote {path}")
     if FLAGS.table is None:
         return
     if FLAGS.table.startswith("khop"):

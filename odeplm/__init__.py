@@ -12,9 +12,16 @@ The package is layered, each folder importing only the ones before it:
 
 `import odeplm` brings the model core only; `odeplm.load`, `Loaded`,
 `CheckpointError`, `generate` and `Sampling` import their layers when first used.
+On a machine without TPU chips or another accelerator plugin, and with no platform
+asked for, it points JAX at the CPU so that libtpu's probe prints nothing
+(`odeplm.core.platforms`; set `JAX_PLATFORMS` to opt out).
 """
 
 import importlib
+
+from odeplm.core.platforms import cpu_unless_asked
+
+cpu_unless_asked()  # before anything starts JAX's backends
 
 from odeplm.core.block import Block
 from odeplm.core.config import (

@@ -210,6 +210,37 @@ def test_coarse_terms_follow_the_step_mode_and_join_at_their_start():
             Distillation.parse("1,2", "", 1.0, 0.0, start=start)
 
 
+def test_drawn_coarse_solve_follows_its_weights_and_replays_from_seed_and_step():
+    """One drawn term a batch from the last start on, each solve at its own solver over the span, drawn in
+    proportion to its weight and the same on every call (a resumed run draws what the uninterrupted one drew);
+    the fixed terms keep their places and weights."""
+    depth = parse_depth("4")
+    recipe = Distillation.parse("2", "0.5", 1.0, 0.0, start="100", mode="span", draw="euler:1,midpoint:1,euler:8",
+                                draw_weights="2,1,1")
+    assert recipe.active(99, seed=3).steps == ()
+    drawn = [recipe.active(step, seed=3) for step in range(100, 4100)]
+    assert drawn == [recipe.active(step, seed=3) for step in range(100, 4100)]
+    assert drawn != [recipe.active(step, seed=4) for step in range(100, 4100)]
+    counts = {}
+    for active in drawn:
+        assert active.terms()[0] == (2, 0.5) and active.terms()[1][1] == 1.0
+        solves = active.coarse_solves(depth, Discretisation(steps=(2, 3, 4), mode="depth"))
+        assert solves[0] == (Solve("euler", 2),)
+        counts[solves[1]] = counts.get(solves[1], 0) + 1
+    assert set(counts) == {(Solve("euler", 1),), (Solve("midpoint", 1),), (Solve("euler", 8),)}
+    assert counts[(Solve("euler", 1),)] / 4000 == pytest.approx(0.5, abs=0.03)
+    assert counts[(Solve("midpoint", 1),)] / 4000 == pytest.approx(0.25, abs=0.03)
+    assert drawn[0].term_labels()[0] == "2_steps" and set(a.term_labels()[1] for a in drawn) == {
+        "1_euler_steps", "1_midpoint_steps", "8_euler_steps"}
+    for draw, weights, field in (("rk5:1", "", "train.distill_draw"), ("euler", "", "train.distill_draw"),
+                                 ("euler:0", "", "train.distill_draw"), ("euler:1", "1,2", "draw_weights"),
+                                 ("euler:1", "-1", "draw_weights"), ("euler:1", "nan", "draw_weights")):
+        with pytest.raises(ConfigError, match=field):
+            Distillation.parse("", "", 1.0, 0.0, draw=draw, draw_weights=weights)
+    with pytest.raises(ConfigError, match="train.distill_draw: a drawn coarse solve cannot match states"):
+        Distillation.parse("", "", 1.0, 0.0, state_weight=1.0, draw="euler:1")
+
+
 def test_state_matching_equals_the_distance_written_out(rng):
     """Coarse steps over the span (two steps of size 2 on a 4-layer model, the curriculum's depth mode
     notwithstanding) matched with the full-depth states where they land, at layers 2 and 4: the term

@@ -9,37 +9,23 @@ file or step), 1 for training that cannot go on (`TrainingError`).
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import logging as python_logging
 import os
 import sys
 from collections.abc import Callable
 
-import jax
 from absl import app, flags, logging
 
 from odeplm.core.errors import OdeplmError, TrainingError
+from odeplm.core.platforms import cpu_unless_asked
 from odeplm.core.solvers import SolverError
-
-_GOOGLE_PCI_VENDOR = "0x1ae0"  # a Cloud TPU host shows its chips as Google PCI devices
-
-
-def _tpu_chips_here() -> bool:
-    for path in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        with open(path) as f:
-            if f.read().strip() == _GOOGLE_PCI_VENDOR:
-                return True
-    return False
 
 
 def quiet_start() -> None:
     """No error-looking lines from libraries on a machine that asked for nothing:
 
-    - libtpu (installed for the ahead-of-time proof) probes for a TPU whenever JAX
-      starts and prints errors where there is none, so JAX runs on the CPU when no
-      platform was asked for, this host has no TPU chips and no other accelerator
-      plugin is installed; on a TPU host, or with JAX_PLATFORMS set, nothing changes;
+    - libtpu's probe for TPU chips is skipped where there are none (`odeplm.core.platforms`,
+      done already at `import odeplm`);
     - TensorFlow's start-up notices, and the warnings TFDS and orbax log through absl
       at every run, are left out unless `--verbosity` asks for them. TensorFlow 2.21
       logs its oneDNN notice whatever TF_CPP_MIN_LOG_LEVEL says, so its oneDNN kernels
@@ -47,9 +33,7 @@ def quiet_start() -> None:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    other_plugins = importlib.util.find_spec("jax_plugins") is not None
-    if not jax.config.jax_platforms and not _tpu_chips_here() and not other_plugins:
-        jax.config.update("jax_platforms", "cpu")
+    cpu_unless_asked()
 
 
 def program() -> str:

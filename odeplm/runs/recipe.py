@@ -116,7 +116,10 @@ class Distillation:
     `start` steps (0: from the first), so that full depth can form its circuit
     before coarse steps must serve too; one start per term lets a term that
     learns as if from scratch (one step) train from the first step while the
-    others join late.
+    others join late. `draw` adds one more term per batch, a solve (solver and
+    step count, weighted by `draw_weights`) drawn from (seed, step) as the
+    training step count is: every step count and order of a range trains for
+    the cost of one coarse solve a batch, as random loop counts do (Huginn).
     """
 
     steps: tuple[int, ...] = ()  # empty: off
@@ -127,6 +130,9 @@ class Distillation:
     start: tuple[int, ...] = (0,)  # one for every term, or one per term
     mode: str = ""
     state_weight: float = 0.0
+    draw: tuple[tuple[str, int], ...] = ()  # (solver, steps) of the drawn term; empty: none
+    draw_weights: tuple[float, ...] = ()  # empty: uniform over `draw`
+    solvers: tuple[str, ...] = ()  # per term, set by `active` for a drawn term; empty: `solver` for all
 
     def __post_init__(self):
         if not (self.start and all(is_count(s, 0) for s in self.start)):
@@ -149,37 +155,72 @@ class Distillation:
                                                     f"got {self.mode!r}")
         if self.solver and self.solver not in SOLVERS:
             raise ConfigError("train.distill_solver", unknown_solver(self.solver))
+        if self.draw_weights and (len(self.draw_weights) != len(self.draw) or min(self.draw_weights) < 0
+                                  or not 0 < sum(self.draw_weights) < math.inf):
+            raise ConfigError("train.distill_draw_weights", f"need one non-negative weight per drawn solve "
+                                                            f"({len(self.draw)}), got {self.draw_weights}")
+        if self.draw and self.state_weight:
+            raise ConfigError("train.distill_draw", "a drawn coarse solve cannot match states "
+                                                    "(train.distill_state_weight > 0); give fixed distill_steps")
 
     @classmethod
     def parse(cls, steps: str, weights: str, label_weight: float, hidden_weight: float,
-              solver: str = "", start: str = "0", mode: str = "", state_weight: float = 0.0) -> "Distillation":
-        """From config strings: steps `"2,4"`, weights `"1,1"`, start `"1200"` or one per term, `"0,1200"`."""
+              solver: str = "", start: str = "0", mode: str = "", state_weight: float = 0.0,
+              draw: str = "", draw_weights: str = "") -> "Distillation":
+        """From config strings: steps `"2,4"`, weights `"1,1"`, start `"1200"` or one per term, `"0,1200"`,
+        draw `"euler:1,euler:3,midpoint:1"` with draw weights `"2,1,1"`."""
         return cls(_numbers("train.distill_steps", steps, int), _numbers("train.distill_weights", weights, float),
                    float(label_weight), float(hidden_weight), solver, _numbers("train.distill_start", start, int),
-                   mode, float(state_weight))
+                   mode, float(state_weight), _drawn_solves(draw),
+                   _numbers("train.distill_draw_weights", draw_weights, float))
 
     def starts(self) -> tuple[int, ...]:
         """The step at which each coarse term joins."""
         return self.start * len(self.steps) if len(self.start) == 1 else self.start
 
-    def active(self, step: int) -> "Distillation":
-        """The coarse terms that train at `step` (0-based), those whose start has passed; no steps: none."""
+    def active(self, step: int, seed: int = 0) -> "Distillation":
+        """The coarse terms that train at `step` (0-based): those whose start has passed (the drawn term's
+        start is the last of them), and the solve drawn for this step as one more fixed term."""
         starts = self.starts()
         joined = [i for i, start in enumerate(starts) if step >= start]
-        return dataclasses.replace(self, steps=tuple(self.steps[i] for i in joined),
-                                   weights=tuple(self.weights[i] for i in joined) if self.weights else (),
-                                   start=tuple(starts[i] for i in joined) or (0,))
+        steps, solvers = [self.steps[i] for i in joined], [self.solver] * len(joined)
+        weights = [self.weights[i] if self.weights else 1.0 for i in joined]
+        if self.draw and step >= max(self.start):
+            p = np.asarray(self.draw_weights or [1.0] * len(self.draw), np.float64)
+            solver, n = self.draw[np.random.default_rng([seed, step, 0xD5A]).choice(len(self.draw), p=p / p.sum())]
+            steps, solvers, weights = steps + [n], solvers + [solver], weights + [1.0]
+        return dataclasses.replace(self, steps=tuple(steps), weights=tuple(weights) if self.draw else (
+            tuple(weights) if self.weights else ()), start=tuple(starts[i] for i in joined) or (0,),
+            draw=(), draw_weights=(), solvers=tuple(solvers) if self.draw else ())
 
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(step count, weight) of each coarse term."""
         return tuple(zip(self.steps, self.weights or (1.0,) * len(self.steps)))
 
+    def term_labels(self) -> tuple[str, ...]:
+        """Each coarse term's name in the metrics: `N_steps`, or `N_SOLVER_steps` where its solver is its own."""
+        solvers = self.solvers or (self.solver,) * len(self.steps)
+        return tuple(f"{n}_{s}_steps" if s and s != self.solver else f"{n}_steps" for n, s in zip(self.steps, solvers))
+
     def coarse_solves(self, depth: DepthPlan, discretisation: Discretisation) -> tuple[SolvePlan, ...]:
-        """One solve plan per coarse term: `solver` (or the training solver) at its steps in every segment,
-        over the segment's span, or in depth mode at the segment's own step size (its first N layers)."""
-        coarse = dataclasses.replace(discretisation, solver=self.solver or discretisation.solver,
-                                     mode=self.mode or discretisation.mode)
-        return tuple(coarse.solves(depth, n) for n in self.steps)
+        """One solve plan per coarse term: its solver (`solver`, or the training solver) at its steps in every
+        segment, over the segment's span, or in depth mode at the segment's own step size (its first N layers)."""
+        solvers = self.solvers or (self.solver,) * len(self.steps)
+        return tuple(dataclasses.replace(discretisation, solver=solver or discretisation.solver,
+                                         mode=self.mode or discretisation.mode).solves(depth, n)
+                     for n, solver in zip(self.steps, solvers))
+
+
+def _drawn_solves(text: str) -> tuple[tuple[str, int], ...]:
+    """`"euler:1,midpoint:2"` -> (("euler", 1), ("midpoint", 2)), each checked."""
+    drawn = []
+    for part in filter(None, (item.strip() for item in str(text).split(","))):
+        solver, _, steps = part.partition(":")
+        if solver not in SOLVERS or not steps.isdigit() or not is_count(int(steps)):
+            raise ConfigError("train.distill_draw", f"each drawn solve is SOLVER:STEPS, a known solver at "
+                                                    f"STEPS >= 1 fixed steps, got {part!r}")
+        drawn.append((solver, int(steps)))
+    return tuple(drawn)
 
 
 def landings(depth: DepthPlan, coarse: SolvePlan, fine: SolvePlan) -> tuple[tuple[int, ...], ...]:

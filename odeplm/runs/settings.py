@@ -60,6 +60,9 @@ def default_config() -> ConfigDict:
         distill_steps="", distill_weights="", distill_label_weight=0.5, distill_hidden_weight=0.0, distill_solver="",
         distill_mode="", distill_state_weight=0.0,
         distill_start="0",  # the coarse terms join after this many steps: one for all, or one per term
+        # one more coarse term per batch, a solve drawn from these ("euler:1,euler:3,midpoint:1"; weights "" ->
+        # uniform), from the last distill_start on
+        distill_draw="", distill_draw_weights="",
         # trace steps [profile_start, profile_start + profile_steps) with jax.profiler into WORKDIR/tensorboard
         profile_start=1, profile_steps=0,
     ))
@@ -181,6 +184,7 @@ class TrainSettings:
             distillation=Distillation.parse(str(train.distill_steps), str(train.distill_weights),
                                             train.distill_label_weight, train.distill_hidden_weight,
                                             str(train.distill_solver), str(train.distill_start),
-                                            str(train.distill_mode), train.distill_state_weight),
+                                            str(train.distill_mode), train.distill_state_weight,
+                                            str(train.distill_draw), str(train.distill_draw_weights)),
             profile_start=train.profile_start, profile_steps=train.profile_steps,
         )

@@ -64,8 +64,8 @@ def train_step(state, batch, key, *, graphdef, optimizer, schedule, solves, coar
                "nfe": totals["nfe"] // accum}
     if coarse:  # the sandwich: its objective and each coarse solve's loss on the labels
         metrics["objective"] = totals["objective"] / weight
-        for (steps, _), loss in zip(distillation.terms(), totals["coarse_losses"]):
-            metrics[f"loss_at_{steps}_steps"] = loss / weight
+        for label, loss in zip(distillation.term_labels(), totals["coarse_losses"]):
+            metrics[f"loss_at_{label}"] = loss / weight
     return new_state, metrics
 
 

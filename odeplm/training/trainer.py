@@ -189,8 +189,9 @@ class Trainer:
                     drawn = settings.discretisation.draw(settings.seed, done)
                     local = {field: value for field, value in next(reader).items() if field in BATCH_FIELDS}
                     key = jax.random.fold_in(jax.random.key(settings.seed), done)
+                    coarse = settings.distillation.active(done, settings.seed)
                     with jax.profiler.StepTraceAnnotation("train", step_num=done):  # a profile's step marker
-                        self.state, metrics = self.program.step_function(drawn, settings.distillation.active(done))(
+                        self.state, metrics = self.program.step_function(drawn, coarse)(
                             self.state, global_batch(local, self.mesh), key)
                     window.add(done, drawn, metrics)
                     done += 1
