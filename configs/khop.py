@@ -95,11 +95,14 @@ _LONG8 = dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)
 def any_speed(depth: int) -> dict:
     """One coarse solve a batch beside full depth, from step 1200 (after the climb, once full depth has formed its
     circuit), drawn from every Euler step count from 1 to 2L but L and the midpoint method up to L evaluations,
-    over the span, on the labels: the fewest steps, the hardest to learn, drawn most (weight 2 up to L/2 steps,
-    1 below L, 1/2 above it, 1 for each midpoint solve), so that the whole costs under 1.5 dedicated models."""
+    over the span, on the labels. The fewest steps learn slowest, so they are drawn most: Euler weight 3 at one
+    step, 2 up to L/2 steps, 1 below L, 1/4 above L (finer than trained); midpoint 1 up to L/2 evaluations, 1/2
+    above. The whole costs about 1.3 dedicated full-depth models."""
     euler = [n for n in range(1, 2 * depth + 1) if n != depth]
-    solves = [f"euler:{n}" for n in euler] + [f"midpoint:{n}" for n in range(1, depth // 2 + 1)]
-    weights = [2 if 2 * n <= depth else 1 if n < depth else 0.5 for n in euler] + [1] * (depth // 2)
+    midpoint = range(1, depth // 2 + 1)
+    solves = [f"euler:{n}" for n in euler] + [f"midpoint:{n}" for n in midpoint]
+    weights = ([3 if n == 1 else 2 if 2 * n <= depth else 1 if n < depth else 0.25 for n in euler]
+               + [1 if 4 * n <= depth else 0.5 for n in midpoint])
     return dict(climb(depth), distill_draw=",".join(solves), distill_draw_weights=",".join(map(str, weights)),
                 distill_start="1200", distill_label_weight=1.0, distill_mode="span")
 
