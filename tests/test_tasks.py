@@ -58,7 +58,8 @@ def test_khop_options_are_parsed_and_bad_ones_named():
     assert KHopOptions.parse("khop?hops=3").hops == (3, 3) and KHopOptions.parse("khop") == KHopOptions()
     for bad, message in (("khop?hop=3", "unknown option"), ("khop?hops=0-3", "hops must be a range"),
                          ("khop?alphabet=1", "alphabet must be"), ("khop?length=x", "length must be an integer"),
-                         ("khop?hops=2-20", "hops must be a range")):
+                         ("khop?hops=2-20", "hops must be a range"),
+                         ("khop?hops=1-4&hops=2", r"option\(s\) \['hops'\] given more than once")):
         with pytest.raises(DataError, match=message):
             KHopOptions.parse(bad)
 

@@ -158,6 +158,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "checkpoints" / "60").exists()  # it really was interrupted
+    with open(killed / "metrics.jsonl", "a") as f:  # and its last row cut off mid-write, as a crash leaves it
+        f.write('{"step": 61, "loss": 4.')
     run(killed, corpus_dir, *overrides)
     full, resumed = logged_losses(tmp_path / "full"), logged_losses(killed)
     assert sorted(resumed) == sorted(full) == list(range(1, 61))
@@ -309,12 +311,29 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
         (dict(train=dict(profile_steps=-1)), ConfigError, "train.profile_steps"),
         (dict(train=dict(profile_start=-1, profile_steps=2)), ConfigError, "train.profile_start"),
         (dict(model=dict(loss_chunk=0)), ConfigError, "loss_chunk"),
+        (dict(model=dict(initializer_range=float("inf"))), ConfigError, "initializer_range: must be positive and "
+                                                                        "finite"),
+        (dict(train=dict(distill_steps="1", distill_weights="nan")), ConfigError, "train.distill_weights"),
+        (dict(train=dict(distill_steps="1", distill_weights="inf")), ConfigError, "train.distill_weights"),
+        (dict(train=dict(step_counts="1,2", step_weights="1,nan")), ConfigError, "train.step_weights"),
+        (dict(train=dict(distill_draw="euler:1,euler:2", distill_draw_weights="1,inf")), ConfigError,
+         "train.distill_draw_weights"),
     ],
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):
     with pytest.raises(error, match=message):
         Trainer(tiny_config(corpus_dir, **sections), str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_a_damaged_metrics_row_before_the_last_is_named(tmp_path):
+    from odeplm.training.metrics import MetricWriter
+
+    rows = ['{"step": 1, "loss": 3.0}', '{"step": 2, "lo', '{"step": 3, "loss": 2.0}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(TrainingError, match=r"metrics.jsonl: row 2 is not a metrics row"):
+        MetricWriter(str(tmp_path), resumed_at=3)
+    assert (tmp_path / "metrics.jsonl").read_text() == "\n".join(rows) + "\n"  # left as it was
 
 
 def test_a_workdir_that_is_a_file_is_refused_and_left_alone(corpus_dir, tmp_path):

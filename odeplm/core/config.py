@@ -217,8 +217,8 @@ class ModelConfig:
                 raise ConfigError(name, f"must be in [0, 1), got {value!r}")
         for name in ("layer_norm_eps", "initializer_range"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(name, f"must be positive, got {value!r}")
+            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(name, f"must be positive and finite, got {value!r}")
         depth = parse_depth(self.depth) if isinstance(self.depth, str) else self.depth
         if not isinstance(depth, (tuple, list)) or not depth or not all(isinstance(s, Segment) for s in depth):
             raise ConfigError("depth", f"must be a non-empty sequence of Segment or a depth string, got {self.depth!r}")

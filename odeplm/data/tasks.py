@@ -65,7 +65,12 @@ class KHopOptions:
         name, _, query = dataset.partition("?")
         if name != "khop":
             raise DataError(f"{dataset!r} is not a khop dataset")
-        options = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        items = [item.partition("=")[::2] for item in query.split("&") if item]
+        keys = [key for key, _ in items]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise DataError(f"{dataset!r}: option(s) {repeated} given more than once")
+        options = dict(items)
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(options) - fields)
         if unknown:

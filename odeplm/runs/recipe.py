@@ -33,6 +33,11 @@ def _numbers(field: str, text: str, kind: type) -> tuple:
 MODES = ("span", "depth")
 
 
+def _finite(weights: tuple[float, ...]) -> bool:
+    """Every weight finite and non-negative (nan and inf are not weights)."""
+    return all(0 <= w < math.inf for w in weights)
+
+
 @dataclasses.dataclass(frozen=True)
 class Discretisation:
     solver: str = "euler"
@@ -46,9 +51,10 @@ class Discretisation:
             raise ConfigError("train.solver", unknown_solver(self.solver))
         if not all(map(is_count, self.steps)):
             raise ConfigError("train.step_counts", f"step counts must be positive integers, got {self.steps}")
-        if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0 or sum(self.weights) <= 0):
-            raise ConfigError("train.step_weights", f"need one non-negative weight per step count {self.steps}, "
-                                                    f"got {self.weights}")
+        if self.weights and (len(self.weights) != len(self.steps) or not _finite(self.weights)
+                             or sum(self.weights) <= 0):
+            raise ConfigError("train.step_weights", f"need one finite non-negative weight per step count "
+                                                    f"{self.steps}, got {self.weights}")
         if self.mode not in MODES:
             raise ConfigError("train.step_mode", f"must be one of {MODES}, got {self.mode!r}")
         if not is_count(self.curriculum, 0):
@@ -142,9 +148,9 @@ class Distillation:
                                                      f"{self.steps}, got {self.start}")
         if not all(map(is_count, self.steps)):
             raise ConfigError("train.distill_steps", f"step counts must be positive integers, got {self.steps}")
-        if self.weights and (len(self.weights) != len(self.steps) or min(self.weights) < 0):
-            raise ConfigError("train.distill_weights", f"need one non-negative weight per step count {self.steps}, "
-                                                       f"got {self.weights}")
+        if self.weights and (len(self.weights) != len(self.steps) or not _finite(self.weights)):
+            raise ConfigError("train.distill_weights", f"need one finite non-negative weight per step count "
+                                                       f"{self.steps}, got {self.weights}")
         if not 0.0 <= self.label_weight <= 1.0:
             raise ConfigError("train.distill_label_weight", f"must be in [0, 1], got {self.label_weight!r}")
         for field, value in (("hidden_weight", self.hidden_weight), ("state_weight", self.state_weight)):
@@ -155,9 +161,9 @@ class Distillation:
                                                     f"got {self.mode!r}")
         if self.solver and self.solver not in SOLVERS:
             raise ConfigError("train.distill_solver", unknown_solver(self.solver))
-        if self.draw_weights and (len(self.draw_weights) != len(self.draw) or min(self.draw_weights) < 0
-                                  or not 0 < sum(self.draw_weights) < math.inf):
-            raise ConfigError("train.distill_draw_weights", f"need one non-negative weight per drawn solve "
+        if self.draw_weights and (len(self.draw_weights) != len(self.draw) or not _finite(self.draw_weights)
+                                  or sum(self.draw_weights) <= 0):
+            raise ConfigError("train.distill_draw_weights", f"need one finite non-negative weight per drawn solve "
                                                             f"({len(self.draw)}), got {self.draw_weights}")
         if self.draw and self.state_weight:
             raise ConfigError("train.distill_draw", "a drawn coarse solve cannot match states "

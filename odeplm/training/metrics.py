@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from tensorboardX import SummaryWriter
 
 from odeplm.core.config import ModelConfig
+from odeplm.core.errors import TrainingError
 from odeplm.core.flops import training_flops_per_token
 from odeplm.runs.paths import run_path
 
@@ -21,7 +22,8 @@ from odeplm.runs.paths import run_path
 class MetricWriter:
     """Writes on process 0 only; other processes hold a no-op writer. A run resumed
     at step s replays the steps after s, so their rows of `metrics.jsonl` (written by
-    the run that died) are dropped first: every step has one row."""
+    the run that died) are dropped first: every step has one row. A last row cut off
+    mid-write (a crash, a full disk) is one of those; a damaged row before it is named."""
 
     def __init__(self, workdir: str, resumed_at: int = 0):
         self.enabled = jax.process_index() == 0
@@ -30,7 +32,7 @@ class MetricWriter:
             path.mkdir(parents=True, exist_ok=True)
             rows = path / "metrics.jsonl"
             if rows.exists():
-                kept = [line for line in rows.read_text().splitlines() if _step(line) <= resumed_at]
+                kept = [line for line in _rows(rows) if _step(line) <= resumed_at]
                 temporary = path / "metrics.jsonl.tmp"
                 temporary.write_text("".join(line + "\n" for line in kept))
                 temporary.replace(rows)
@@ -98,3 +100,17 @@ def measure_matmul_peak(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -
 
 def _step(line: str) -> int:
     return json.loads(line)["step"]
+
+
+def _rows(path) -> list[str]:
+    """The rows of a metrics.jsonl, less a last row cut off mid-write; any other damaged row is a TrainingError."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            _step(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if number == len(lines):
+                return lines[:-1]
+            raise TrainingError(f"{path}: row {number} is not a metrics row ({line[:40]!r}); "
+                                f"move the file aside to start its rows afresh") from None
+    return lines
