@@ -92,19 +92,19 @@ _LONG4 = dict(_SPAN4, steps=int(_SPAN4["distill_start"]) + STEPS)  # each coarse
 _LONG8 = dict(_SPAN8, steps=int(_SPAN8["distill_start"]) + STEPS)
 
 
-def any_speed(depth: int) -> dict:
-    """One coarse solve a batch beside full depth, from step 1200 (after the climb, once full depth has formed its
-    circuit), drawn from every Euler step count from 1 to 2L but L and the midpoint method up to L evaluations,
-    over the span, on the labels. The fewest steps learn slowest, so they are drawn most: Euler weight 3 at one
-    step, 2 up to L/2 steps, 1 below L, 1/4 above L (finer than trained); midpoint 1 up to L/2 evaluations, 1/2
-    above. The whole costs about 1.3 dedicated full-depth models."""
+def any_speed(depth: int, midpoint: float = 1.0, finer: float = 0.25, start: int = 1200) -> dict:
+    """One coarse solve a batch beside full depth, from step `start` (after the climb, once full depth has formed
+    its circuit), drawn from every Euler step count from 1 to 2L but L and the midpoint method up to L
+    evaluations, over the span, on the labels. The fewest steps learn slowest, so they are drawn most: Euler
+    weight 3 at one step, 2 up to L/2 steps, 1 below L, `finer` above L (steps finer than trained); the midpoint
+    method `midpoint` up to L/2 evaluations, half that above. The whole costs about 1.3 dedicated models."""
     euler = [n for n in range(1, 2 * depth + 1) if n != depth]
-    midpoint = range(1, depth // 2 + 1)
-    solves = [f"euler:{n}" for n in euler] + [f"midpoint:{n}" for n in midpoint]
-    weights = ([3 if n == 1 else 2 if 2 * n <= depth else 1 if n < depth else 0.25 for n in euler]
-               + [1 if 4 * n <= depth else 0.5 for n in midpoint])
+    midpoints = range(1, depth // 2 + 1)
+    solves = [f"euler:{n}" for n in euler] + [f"midpoint:{n}" for n in midpoints]
+    weights = ([3 if n == 1 else 2 if 2 * n <= depth else 1 if n < depth else finer for n in euler]
+               + [midpoint if 4 * n <= depth else midpoint / 2 for n in midpoints])
     return dict(climb(depth), distill_draw=",".join(solves), distill_draw_weights=",".join(map(str, weights)),
-                distill_start="1200", distill_label_weight=1.0, distill_mode="span")
+                distill_start=str(start), distill_label_weight=1.0, distill_mode="span")
 
 
 def ladder_steps(depth: int, train: dict) -> int:
@@ -174,7 +174,11 @@ MODELS = {
     "depth8_curriculum_sandwich_span_time_long": (dict(_TIME, depth="8"), _LONG8),
     # one model at every step count and order (issue "An ODE in fact"): a field that reads t and its step
     # (as shortcut models and LoopFormer condition on the step size) and one drawn coarse solve a batch
-    **{f"depth{n}_curriculum_draw_stride": (dict(_TIME, stride_features=16, depth=str(n)), any_speed(n))
+    "depth4_curriculum_draw_stride": (dict(_TIME, stride_features=16, depth="4"), any_speed(4)),
+    # the same rebalanced after its first seed: the midpoint method drawn as often as Euler at its NFE, finer
+    # steps twice as often, and the draw joining at the end of the climb (step 1000)
+    **{f"depth{n}_curriculum_draw_stride_balanced": (dict(_TIME, stride_features=16, depth=str(n)),
+                                                     any_speed(n, midpoint=2.0, finer=0.5, start=1000))
        for n in (4, 8)},
     # a partially shared plan: two blocks of two steps each, the same curriculum (1 then 2 steps per block)
     # and span-reading coarse terms (1 step per block: N = 2)

@@ -309,7 +309,8 @@ KHOP_RECIPES = (
     (4, "masked", ("depth4_curriculum_masked",)),
 )
 # one model at every step count, order and tolerance, each against the dedicated curriculum ladder
-KHOP_ANY_SPEED = ("depth8_curriculum_draw_stride", "depth4_curriculum_draw_stride",
+KHOP_ANY_SPEED = ("depth8_curriculum_draw_stride_balanced", "depth4_curriculum_draw_stride_balanced",
+                  "depth4_curriculum_draw_stride",
                   "depth8_curriculum_sandwich_span_time_long", "depth4_curriculum_sandwich_span_time_long_heavy",
                   "depth8_curriculum")
 

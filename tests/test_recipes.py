@@ -88,6 +88,19 @@ def test_stride_aware_field_reads_each_step_in_training_steps(rng):
         tiny_model(stride_features=3)
 
 
+def test_an_adaptive_solve_reads_the_stride_of_each_step_it_attempts(rng):
+    """With a tolerance so loose that its first step (the whole span, stride 4) is accepted, an adaptive solve
+    is the fixed one-step solve of the same method, stride included; read at stride 1, as adaptive solves
+    once were, it would land elsewhere."""
+    aware = _time_aware_copy(tiny_model(objective="causal", depth="4", initializer_range=0.2), scale=0.3,
+                             features=STRIDE_AWARE)
+    tokens = rng.integers(5, 64, (2, 16))
+    one_step = forward(aware, tokens, solve="bosh3:1")
+    loose = forward(aware, tokens, solve="bosh3:rtol=1e3:atol=1e3")
+    assert int(loose.nfe) == int(one_step.nfe) == 4 and bool(loose.ok)
+    np.testing.assert_array_equal(loose.logits, one_step.logits)
+
+
 def test_stride_aware_cached_generation_equals_recomputation():
     model = _time_aware_copy(tiny_model(objective="causal", depth="2x2", max_length=32, initializer_range=0.2),
                              scale=0.5, features=STRIDE_AWARE)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from odeplm.core.block import Block
-from odeplm.core.solvers import Solve, SolverError, time_key
+from odeplm.core.solvers import ReadsItsStep, Solve, SolverError, time_key
 
 
 def vector_field(t, h, args):
@@ -61,9 +61,9 @@ def integrate(
     (diffrax's binomial checkpointing: the remat of the loop, where a shared
     model's activation memory lives); adaptive solves use a PID
     controller starting from one step over the whole span, so every evaluation
-    is counted in NFE. A fixed step of size dt has the stride dt / tau, in
-    training steps of size `tau`; an adaptive solve, which has no one step, reads
-    the field at stride 1, as trained at full depth. First-same-as-last solvers
+    is counted in NFE. A step of size dt has the stride dt / tau, in training
+    steps of size `tau`, which a stride-aware block reads: a fixed solve's one
+    step size, or each step an adaptive solve attempts (`ReadsItsStep`). First-same-as-last solvers
     start from f(0, h) evaluated here once; diffrax would otherwise re-evaluate it
     after every rejected first step, uncounted in its statistics. Failure (max_steps
     reached) is reported, not raised, to keep the compiled loop free of host callbacks.
@@ -85,11 +85,11 @@ def integrate(
         raise SolverError(f"the state after every step needs a fixed step count, got the adaptive solve {solve}")
     if solve.solver == "ln_euler" and block.norm != "post":
         raise SolverError("ln_euler steps inside a Post-LN block's LayerNorms; this model is Pre-LN")
-    args = (block, mask, key, span, 1.0 if solve.adaptive else dt0 / tau)
+    args = (block, mask, key, span, dt0 / tau)
     solver_state = (jnp.array(False), vector_field(0.0, h, args)) if solve.info.fsal else None
     solution = diffrax.diffeqsolve(
         TERM,
-        solve.info.make(),
+        ReadsItsStep(solve.info.make(), tau) if solve.adaptive else solve.info.make(),
         t0=0.0,
         t1=span,
         dt0=dt0,

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +65,39 @@ class LayerNormEuler(diffrax.Euler):
         block, mask, key, span, stride = args
         y1 = block(y0, mask, time_key(key, t0), t0 / span, tau=t1 - t0, stride=stride)
         return y1, None, dict(y0=y0, y1=y1), None, diffrax.RESULTS.successful
+
+
+class ReadsItsStep(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """An adaptive solver whose every step hands the field the stride it is taking, (t1 - t0) / tau in
+    training steps, in place of the last of the field's arguments (block, mask, key, span, stride): a
+    stride-aware block then reads each attempted step as a fixed-step solve of that size would. (A
+    first-same-as-last stage is reused at the next step's stride, as the method reuses it at its time.)"""
+
+    solver: diffrax.AbstractSolver
+    tau: float = eqx.field(static=True)
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.solver.interpolation_cls
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        return self.solver.step(terms, t0, t1, y0, (*args[:-1], (t1 - t0) / self.tau), solver_state, made_jump)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
 
 
 @dataclasses.dataclass(frozen=True)
