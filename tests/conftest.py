@@ -59,3 +59,29 @@ def tokenizer(corpus_dir):
 
     texts = text_source("shakespeare", "train", corpus_dir)
     return Tokenizer.train((texts[i] for i in range(len(texts))), 512)
+
+
+def run_config(corpus_dir, **sections):
+    """configs/tiny.py on the session's corpus, with `sections` updated: the suite's training runs."""
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.data_dir = corpus_dir
+    for section, values in sections.items():
+        getattr(config, section).update(values)
+    return config
+
+
+def trained_config(corpus_dir):
+    return run_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2"))
+
+
+@pytest.fixture(scope="session")
+def trained(corpus_dir, tmp_path_factory):
+    """One in-process tiny run for the session: 40 steps, checkpoints at 20 and 40 (read, never written)."""
+    from odeplm.training.trainer import Trainer
+
+    workdir = str(tmp_path_factory.mktemp("trained"))
+    with Trainer(trained_config(corpus_dir), workdir) as t:
+        t.run()
+    return workdir

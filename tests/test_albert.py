@@ -196,9 +196,9 @@ def jax_leaves(model):
 
 
 def test_a_trained_albert_base_shaped_model_round_trips_through_transformers(tmp_path, corpus_dir):
-    """configs/albert_base_shared.py's architecture at a tiny size, pre-trained a few steps with random step
-    counts, exported by the command, loaded by transformers (logits within 1e-4 at Euler over the trained
-    steps), and imported back: the same parameters, bit for bit, and the same tokenizer."""
+    """configs/albert_base_shared.py's architecture at a tiny size, pre-trained a few steps, exported by the
+    command, loaded by transformers (logits within 1e-4 at Euler over the trained steps), and imported back:
+    the same parameters, bit for bit, and the same tokenizer."""
     import sentencepiece
 
     from configs import albert_base_shared
@@ -208,7 +208,7 @@ def test_a_trained_albert_base_shaped_model_round_trips_through_transformers(tmp
     config = albert_base_shared.get_config()
     config.model.update(vocab_size=512, width=48, heads=4, mlp_width=96, max_length=32, embedding_size=16,
                         dtype="float32", masked_positions=8, loss_chunk=None, depth="6")
-    config.train.update(steps=3, batch_size=4, warmup_steps=1, log_every=1, eval_batches=1, step_counts="2,3,6",
+    config.train.update(steps=3, batch_size=4, warmup_steps=1, log_every=1, eval_batches=1, step_counts="",
                         step_weights="")
     config.data.update(data_dir=corpus_dir, tokenizer_characters=200_000)
     config.checkpoint.update(every=3, async_save=False)
@@ -245,6 +245,7 @@ def test_a_trained_albert_base_shaped_model_round_trips_through_transformers(tmp
     (dict(residual_gate="rezero"), "residual_gate 'rezero'"),
 ], ids=["causal-pre", "time-aware", "prelude-coda", "tau", "rezero"])
 def test_models_albert_cannot_express_are_refused_naming_what_does_not_fit(tmp_path, overrides, named):
+    """Each misfit named; the command (run on the first) says it in one line, exit 2, and writes nothing."""
     from odeplm.inference.albert import albert_weights
     from odeplm.runs.checkpoint import Checkpointer
 
@@ -253,6 +254,8 @@ def test_models_albert_cannot_express_are_refused_naming_what_does_not_fit(tmp_p
     model = odeplm.LanguageModel(config, rngs=nnx.Rngs(0))
     with pytest.raises(ConversionError, match=f"Hugging Face ALBERT cannot express this model: {named}"):
         albert_weights(model)
+    if "causal" not in named:
+        return
     checkpointer = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
     checkpointer.save(0, params=nnx.to_pure_dict(nnx.state(model)), config={"model": config.to_dict()}, tokenizer=None)
     checkpointer.close()
@@ -277,6 +280,8 @@ def test_malformed_hugging_face_directories_are_named_in_one_line(tmp_path, dama
     damage(tmp_path / "hf")
     with pytest.raises(ConversionError, match=named):
         load_albert(str(tmp_path / "hf"))
+    if "not JSON" not in named:  # the command once: one line, exit 2, nothing written
+        return
     status, output = command("eval.convert_albert", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "out"))
     assert status == 2 and len(output.strip().splitlines()) == 1 and "ConversionError" in output, output
     assert not (tmp_path / "out").exists()

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from tests.test_training import trained  # noqa: F401  (the module's trained workdir)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("readme_ci", os.path.join(ROOT, ".ci", "readme.py"))
 readme_ci = importlib.util.module_from_spec(_spec)
@@ -27,7 +25,7 @@ def test_the_readme_shows_python_blocks_and_the_error_pattern_catches_libtpu():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs_quietly_in_a_fresh_interpreter(index, trained):  # noqa: F811
+def test_readme_python_block_runs_quietly_in_a_fresh_interpreter(index, trained):
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "PYTEST_CURRENT_TEST")}
     code = BLOCKS[index].replace('"runs/demo"', repr(trained))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,

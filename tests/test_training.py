@@ -35,16 +35,11 @@ from odeplm.runs.checkpoint import CheckpointError
 from odeplm.runs.lock import WorkdirBusy
 from odeplm.runs.settings import TrainSettings
 from odeplm.training.trainer import Trainer
+from tests.conftest import run_config, trained_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(corpus_dir, **sections):
-    config = tiny.get_config()
-    config.data.data_dir = corpus_dir
-    for section, values in sections.items():
-        getattr(config, section).update(values)
-    return config
 
 
 def command(workdir, corpus_dir, *overrides):
@@ -78,7 +73,7 @@ def logged_losses(workdir) -> dict[int, float]:
 
 def final_params(workdir, corpus_dir) -> list[np.ndarray]:
     """Parameters of the newest checkpoint, restored onto this process's single device."""
-    with Trainer(tiny_config(corpus_dir), str(workdir)) as trainer:
+    with Trainer(run_config(corpus_dir), str(workdir)) as trainer:
         return [np.asarray(x) for x in jax.tree.leaves(trainer.state["params"])]
 
 
@@ -95,17 +90,6 @@ def assert_same_losses(a: dict, b: dict, steps, rtol):
         assert a[step] == pytest.approx(b[step], rel=rtol), (step, a[step], b[step])
 
 
-@pytest.fixture(scope="module")
-def trained(corpus_dir, tmp_path_factory):
-    """One in-process tiny run: 40 steps, checkpoints at 20 and 40."""
-    workdir = str(tmp_path_factory.mktemp("trained"))
-    with Trainer(trained_config(corpus_dir), workdir) as t:
-        t.run()
-    return workdir
-
-
-def trained_config(corpus_dir):
-    return tiny_config(corpus_dir, train=dict(log_every=1, eval_every=20, eval_solves="euler:2"))
 
 
 def test_validation_during_training_is_the_checkpoint_scored_independently(trained, corpus_dir):
@@ -219,7 +203,7 @@ def test_two_processes_write_the_same_checkpoint_as_one(corpus_dir, tmp_path):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, corpus_dir, tmp_path):
     workdir = str(tmp_path / "run")
     shutil.copytree(trained, workdir)
-    with Trainer(tiny_config(corpus_dir, train=dict(steps=60, log_every=1)), workdir) as trainer:
+    with Trainer(run_config(corpus_dir, train=dict(steps=60, log_every=1)), workdir) as trainer:
         assert trainer.start_step == 40
         trainer.state = {**trainer.state, "params": jax.tree.map(lambda x: x * np.nan, trainer.state["params"])}
         with pytest.raises(TrainingError, match=r"non-finite loss nan at step 41; .* last good checkpoint: step 40"):
@@ -249,7 +233,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_is_kept_aside(trained, corpus_
         open(target, "wb").write(bytes(data))
         with pytest.raises(CheckpointError, match=r"checkpoint 40 under .* fails its checksums: params/"):
             odeplm.load(workdir, step=40)
-    with caplog.at_level(logging.WARNING), Trainer(tiny_config(corpus_dir), workdir) as trainer:
+    with caplog.at_level(logging.WARNING), Trainer(run_config(corpus_dir), workdir) as trainer:
         assert trainer.start_step == 20
     assert "checkpoint 40 cannot be read" in caplog.text
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "40.unreadable"))  # moved aside, not deleted
@@ -267,7 +251,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_reads_nothing(trained, co
     params = max((p for p in (sealing / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     params.write_bytes(bytes(64) + params.read_bytes()[64:])
     before = {str(p): p.read_bytes() if p.is_file() else None for p in workdir.rglob("*")}
-    config = tiny_config(corpus_dir, train=dict(steps=60))
+    config = run_config(corpus_dir, train=dict(steps=60))
     config.seed = 1  # another run: a different seed
     with caplog.at_level(logging.WARNING), pytest.raises(WorkdirBusy, match=f"in use by pid {os.getppid()}"):
         Trainer(config, str(workdir))
@@ -278,7 +262,7 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_reads_nothing(trained, co
 def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_dir):
     fields = r"\['mlp_width', 'project_embeddings', 'width'\]"
     with pytest.raises(CheckpointError, match=rf"different model: fields {fields} differ"):
-        Trainer(tiny_config(corpus_dir, model=dict(width=64, mlp_width=128)), trained)
+        Trainer(run_config(corpus_dir, model=dict(width=64, mlp_width=128)), trained)
     assert sorted(int(d) for d in os.listdir(os.path.join(trained, "checkpoints")) if d.isdigit()) == [20, 40]
 
 
@@ -322,7 +306,7 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_refused(trained, corpus_di
 )
 def test_bad_training_configs_are_named(corpus_dir, tmp_path, sections, error, message):
     with pytest.raises(error, match=message):
-        Trainer(tiny_config(corpus_dir, **sections), str(tmp_path))
+        Trainer(run_config(corpus_dir, **sections), str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "checkpoints")) or not os.listdir(tmp_path / "checkpoints")
 
 
@@ -339,10 +323,10 @@ def test_a_damaged_metrics_row_before_the_last_is_named(tmp_path):
 def test_a_workdir_that_is_a_file_is_refused_and_left_alone(corpus_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="workdir: .*notes.txt is a file, not a directory"):
-        Trainer(tiny_config(corpus_dir), str(tmp_path / "notes.txt"))
+        Trainer(run_config(corpus_dir), str(tmp_path / "notes.txt"))
     assert (tmp_path / "notes.txt").read_text() == "mine"
     with pytest.raises(ConfigError, match="workdir: cannot create .*notes.txt/run"):
-        Trainer(tiny_config(corpus_dir), str(tmp_path / "notes.txt" / "run"))
+        Trainer(run_config(corpus_dir), str(tmp_path / "notes.txt" / "run"))
 
 
 def test_the_training_command_names_bad_input_in_one_line(corpus_dir, tmp_path):
@@ -401,7 +385,7 @@ def test_config_flag_mistakes_are_one_line_and_exit_2(tmp_path, arguments, messa
 def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
     losses = []
     for accum in (1, 4):
-        with Trainer(tiny_config(corpus_dir, train=dict(steps=3, grad_accum=accum, log_every=1)),
+        with Trainer(run_config(corpus_dir, train=dict(steps=3, grad_accum=accum, log_every=1)),
                      str(tmp_path / str(accum))) as trainer:
             trainer.run()
         losses.append(logged_losses(tmp_path / str(accum)))
@@ -411,7 +395,7 @@ def test_gradient_accumulation_matches_one_large_batch(corpus_dir, tmp_path):
 def test_load_restores_bit_identical_parameters_and_the_tokenizer(trained, corpus_dir):
     import odeplm
 
-    with Trainer(tiny_config(corpus_dir), trained) as trainer:
+    with Trainer(run_config(corpus_dir), trained) as trainer:
         pass
     for path in (trained, os.path.join(trained, "checkpoints"), os.path.join(trained, "checkpoints", "40")):
         loaded = odeplm.load(path)
@@ -473,7 +457,7 @@ def test_missing_or_mismatched_checkpoints_are_named_on_load(trained, tmp_path):
 def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, trained):
     from odeplm.evaluation.report import show_outputs, validation_table
 
-    config = tiny_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
+    config = run_config(corpus_dir, model=dict(objective="masked", norm="post", layer_norm_eps=1e-12),
                          train=dict(log_every=5, step_counts="2,4"))
     with Trainer(config, str(tmp_path)) as trainer:
         trainer.run()
@@ -499,7 +483,7 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
     assert "masked predictions at euler:4 (NFE 4) " in show_outputs(model, trainer.tokenizer, batches[0],
                                                                     "euler,euler:1")
 
-    with Trainer(tiny_config(corpus_dir), trained) as causal:
+    with Trainer(run_config(corpus_dir), trained) as causal:
         pass
     shown = show_outputs(nnx.merge(causal.graphdef, causal.state["params"]), causal.tokenizer,
                          causal.validation_batches.batch(0), "euler,euler:1", prompt="ROMEO.\n")
@@ -508,7 +492,7 @@ def test_masked_post_ln_pretraining_learns_and_reports(corpus_dir, tmp_path, tra
 
 def test_a_profile_window_traces_its_steps_into_the_runs_tensorboard_directory(corpus_dir, tmp_path):
     workdir = tmp_path / "run"
-    with Trainer(tiny_config(corpus_dir, train=dict(steps=4, profile_start=1, profile_steps=2)), str(workdir)) as t:
+    with Trainer(run_config(corpus_dir, train=dict(steps=4, profile_start=1, profile_steps=2)), str(workdir)) as t:
         t.run()
     (trace,) = glob.glob(str(workdir / "tensorboard" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     steps = [dict(event.stats).get("step_num") for plane in ProfileData.from_file(trace).planes
@@ -517,7 +501,7 @@ def test_a_profile_window_traces_its_steps_into_the_runs_tensorboard_directory(c
 
 
 def test_coarse_terms_join_at_distill_start(corpus_dir, tmp_path):
-    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1", distill_start="2"))
+    config = run_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1", distill_start="2"))
     with Trainer(config, str(tmp_path / "run")) as trainer:
         trainer.run()
     with open(tmp_path / "run" / "metrics.jsonl") as f:
@@ -529,7 +513,7 @@ def test_coarse_terms_join_at_distill_start(corpus_dir, tmp_path):
 def test_each_coarse_term_joins_at_its_own_start(corpus_dir, tmp_path):
     """One start per term: the one-step term from step 1, the two-step term from step 3. Each row's
     objective is the full-depth loss plus the label losses of the terms that had joined (labels alone)."""
-    config = tiny_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1,2", distill_start="1,3",
+    config = run_config(corpus_dir, train=dict(steps=4, log_every=1, distill_steps="1,2", distill_start="1,3",
                                                 distill_label_weight=1.0))
     with Trainer(config, str(tmp_path / "run")) as trainer:
         trainer.run()
@@ -544,7 +528,7 @@ def test_each_coarse_term_joins_at_its_own_start(corpus_dir, tmp_path):
 
 def test_a_run_saved_with_one_integer_start_loads_as_that_start_for_every_term(corpus_dir):
     """Checkpoints from before per-term starts keep `train.distill_start` as an integer."""
-    saved = tiny_config(corpus_dir, train=dict(distill_steps="1,2")).to_dict()
+    saved = run_config(corpus_dir, train=dict(distill_steps="1,2")).to_dict()
     saved["train"]["distill_start"] = 7
     settings = TrainSettings.from_saved(saved)
     assert settings.distillation.starts() == (7, 7)
