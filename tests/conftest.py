@@ -29,11 +29,14 @@ def tiny_model(seed: int = 0, **overrides) -> odeplm.LanguageModel:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache_for_subprocesses(tmp_path_factory):
-    """Subprocesses (training runs, pod compiles) share one compilation cache for the session, so the
-    runs a test repeats compile once; this process imported JAX already and compiles as before."""
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+def compilation_cache(tmp_path_factory):
+    """One compilation cache for the session, this process's and its subprocesses' (training runs, pod
+    compiles): a program two tests build alike (the same tiny model at the same solve) compiles once."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture
