@@ -353,7 +353,7 @@ def test_a_cpu_run_starts_quietly(tmp_path):
     notices stay out. What remains is odeplm's own line about building the corpus, and progress bars."""
     env = {k: v for k, v in environment(1).items() if k != "JAX_PLATFORMS"}  # as a user starts it: nothing asked for
     result = subprocess.run(command(tmp_path / "run", tmp_path / "tfds", "--config.train.steps=1",
-                                    "--config.eval.solves=euler"),
+                                    "--config.eval.solves=euler", "--config.data.tokenizer_characters=300000"),
                             cwd=ROOT, capture_output=True, text=True, env=dict(env, ALLOW_MULTIPLE_LIBTPU_LOAD="1"),
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
