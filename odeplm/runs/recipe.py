@@ -195,9 +195,10 @@ class Distillation:
             p = np.asarray(self.draw_weights or [1.0] * len(self.draw), np.float64)
             solver, n = self.draw[np.random.default_rng([seed, step, 0xD5A]).choice(len(self.draw), p=p / p.sum())]
             steps, solvers, weights = steps + [n], solvers + [solver], weights + [1.0]
-        return dataclasses.replace(self, steps=tuple(steps), weights=tuple(weights) if self.draw else (
-            tuple(weights) if self.weights else ()), start=tuple(starts[i] for i in joined) or (0,),
-            draw=(), draw_weights=(), solvers=tuple(solvers) if self.draw else ())
+        weighted = bool(self.weights or self.draw)
+        return dataclasses.replace(self, steps=tuple(steps), weights=tuple(weights) if weighted else (),
+                                   start=tuple(starts[i] for i in joined) or (0,), draw=(), draw_weights=(),
+                                   solvers=tuple(solvers) if self.draw else ())
 
     def terms(self) -> tuple[tuple[int, float], ...]:
         """(step count, weight) of each coarse term."""
