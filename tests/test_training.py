@@ -135,6 +135,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(corpus_dir, tmp_path):
                  "--config.train.step_counts=1,2,4",  # random step counts must replay too,
                  "--config.data.shuffle_blocks=2")  # and windows drawn from shuffled blocks
     run(tmp_path / "full", corpus_dir, *overrides)
+    assert not (tmp_path / "full" / "validation.json").exists()  # no eval.solves: a run that only trains
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(killed, corpus_dir, *overrides), cwd=ROOT, env=environment(1),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -166,16 +167,17 @@ def test_sigterm_or_ctrl_c_saves_and_exits_cleanly(signum, corpus_dir, tmp_path)
     assert "stop requested (SIGTERM or Ctrl-C): saved step" in stderr and "validation" not in stdout
 
 
-def test_eight_devices_match_one_and_checkpoints_move_between_meshes(corpus_dir, tmp_path):
+def test_eight_devices_match_one_and_checkpoints_move_between_meshes(trained, corpus_dir, tmp_path):
+    """The session's one-device run (validating as it goes, which draws nothing from training) against the same
+    40 steps on a 2 x 2 x 2 mesh, and each run's step-20 checkpoint resumed on the other mesh."""
     mesh = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2")
-    run(tmp_path / "one", corpus_dir)
-    assert not (tmp_path / "one" / "validation.json").exists()  # no eval.solves: a run that only trains
     run(tmp_path / "eight", corpus_dir, *mesh, devices=8)
-    one, eight = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "eight")
+    one, eight = logged_losses(trained), logged_losses(tmp_path / "eight")
     assert_same_losses(eight, one, range(1, 41), rtol=1e-5)
 
-    for source, target, devices, flags in (("eight", "eight_to_one", 1, ()), ("one", "one_to_eight", 8, mesh)):
-        shutil.copytree(tmp_path / source, tmp_path / target)
+    for source, target, devices, flags in (
+            (tmp_path / "eight", "eight_to_one", 1, ()), (trained, "one_to_eight", 8, mesh)):
+        shutil.copytree(source, tmp_path / target)
         shutil.rmtree(tmp_path / target / "checkpoints" / "40")
         run(tmp_path / target, corpus_dir, *flags, devices=devices)
         assert_same_losses(logged_losses(tmp_path / target), one, range(21, 41), rtol=1e-5)
