@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models that compile in seconds on CPU."""
 
 import os
+import pathlib
+import shutil
 
 # The suite checks what programs compute, not how fast: most of its time is XLA compiling tiny programs, and
 # LLVM's unoptimised code generation compiles them about a third faster. Set before JAX starts (unless XLA_FLAGS
@@ -8,6 +10,7 @@ import os
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
+import filelock
 import jax
 import numpy as np
 import pytest
@@ -28,15 +31,35 @@ def tiny_model(seed: int = 0, **overrides) -> odeplm.LanguageModel:
     return odeplm.LanguageModel(tiny_config(**overrides), rngs=nnx.Rngs(seed))
 
 
+def run_root(tmp_path_factory) -> pathlib.Path:
+    """The directory this pytest run's workers share (each xdist worker's own temporaries lie below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+    """`build(path)` run by the first worker to ask, under a file lock; the others wait and reuse it."""
+    path = run_root(tmp_path_factory) / name
+    with filelock.FileLock(f"{path}.lock"):
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(str(path))
+            (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One compilation cache for the session, this process's and its subprocesses' (training runs, pod
-    compiles): a program two tests build alike (the same tiny model at the same solve) compiles once."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    """One compilation cache for the run, every worker's and its subprocesses' (training runs, pod compiles):
+    a program two tests build alike (the same tiny model at the same solve) compiles once. A size limit turns
+    on JAX's file lock, which concurrent workers need."""
+    path = str(run_root(tmp_path_factory) / "jax_cache")
+    settings = dict(jax_compilation_cache_dir=path, jax_persistent_cache_min_compile_time_secs=0,
+                    jax_compilation_cache_max_size=8 << 30)
+    for name, value in settings.items():
+        os.environ[name.upper()] = str(value)
+        jax.config.update(name, value)
 
 
 @pytest.fixture
@@ -46,13 +69,16 @@ def rng():
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> str:
-    """The bundled corpus built once per session (TFDS array_record)."""
+    """The bundled corpus (TFDS array_record), built once for the run."""
     from odeplm.data.sources import text_source
 
-    path = str(tmp_path_factory.mktemp("tfds"))
-    for split in ("train", "validation"):
-        text_source("shakespeare", split, path)
-    return path
+    def build(path):
+        for split in ("train", "validation"):
+            text_source("shakespeare", split, path)
+
+    # each worker writes token files and tokenizers into its own copy
+    return str(shutil.copytree(built_once(tmp_path_factory, "tfds", build), tmp_path_factory.mktemp("tfds"),
+                               dirs_exist_ok=True))
 
 
 @pytest.fixture(scope="session")
