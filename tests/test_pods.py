@@ -17,7 +17,7 @@ from odeplm.training.topology import GENERATIONS, Topology, TopologyError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Prints {"data x fsdp": temporaries in bytes} for one config compiled on 8 CPU devices.
+# Prints, for each model of a JSON list, {"data x fsdp": temporaries in bytes} compiled on 8 CPU devices.
 MEMORY_BY_MESH = """
 import json, sys
 from configs import tiny
@@ -25,17 +25,29 @@ from odeplm.core.config import ModelConfig
 from odeplm.training.program import TrainProgram
 from odeplm.runs.settings import TrainSettings
 from odeplm.core.sharding import make_mesh
-config = tiny.get_config()
-config.model.update(json.loads(sys.argv[1]))
-config.train.update(batch_size=16, step_counts="", step_weights="")
-temps = {}
-for data, fsdp in ((8, 1), (2, 4), (1, 8)):
-    config.mesh.update(data=data, fsdp=fsdp, tensor=1)
-    program = TrainProgram(ModelConfig.from_dict(config.model), TrainSettings.from_config(config),
-                           make_mesh(data, fsdp, 1))
-    temps[f"{data}x{fsdp}"] = program.lower(None).compile().memory_analysis().temp_size_in_bytes
-print(json.dumps(temps))
+results = []
+for model in json.loads(sys.argv[1]):
+    config = tiny.get_config()
+    config.model.update(model)
+    config.train.update(batch_size=16, step_counts="", step_weights="")
+    temps = {}
+    for data, fsdp in ((8, 1), (2, 4), (1, 8)):
+        config.mesh.update(data=data, fsdp=fsdp, tensor=1)
+        program = TrainProgram(ModelConfig.from_dict(config.model), TrainSettings.from_config(config),
+                               make_mesh(data, fsdp, 1))
+        temps[f"{data}x{fsdp}"] = program.lower(None).compile().memory_analysis().temp_size_in_bytes
+    results.append(temps)
+print(json.dumps(results))
 """
+
+# Parameter-heavy (unshared, wide, short sequences): gradients and optimizer updates dominate, and fsdp shards
+# them. With every block rematerialised, the gathered weights live one evaluation at a time (without remat this
+# config's temporaries on CPU read 25.6, 30.7, 28.3 MB: gathers cost more than they save).
+PARAMETER_HEAVY = dict(vocab_size=512, width=256, heads=4, mlp_width=1024, max_length=8, depth="4x1", remat="full")
+# Activation-heavy (one shared block, long sequences): the per-device batch is the same on every mesh, so without
+# activation constraints XLA's gathers made temporaries grow with fsdp (8.4 -> 18.9 GiB on v5e-16); pinned, they
+# do not.
+ACTIVATION_HEAVY = dict(vocab_size=512, width=64, heads=4, mlp_width=256, max_length=256, depth="6")
 
 
 def python(code_or_module: list[str], *, devices: int = 1, env: dict | None = None):
@@ -46,27 +58,22 @@ def python(code_or_module: list[str], *, devices: int = 1, env: dict | None = No
                           text=True, timeout=600)
 
 
-def temporaries(model: dict) -> dict[str, int]:
-    result = python(["-c", MEMORY_BY_MESH, json.dumps(model)], devices=8)
+@pytest.fixture(scope="module")
+def temporaries() -> dict[str, dict[str, int]]:
+    """Both models' temporaries by mesh, from one process (one start of eight devices)."""
+    models = {"parameter_heavy": PARAMETER_HEAVY, "activation_heavy": ACTIVATION_HEAVY}
+    result = python(["-c", MEMORY_BY_MESH, json.dumps(list(models.values()))], devices=8)
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return dict(zip(models, json.loads(result.stdout.strip().splitlines()[-1])))
 
 
-def test_fsdp_lowers_temporaries_at_equal_global_batch():
-    # Parameter-heavy (unshared, wide, short sequences): gradients and optimizer
-    # updates dominate, and fsdp shards them. With every block rematerialised, the
-    # gathered weights live one evaluation at a time (without remat this config's
-    # temporaries on CPU read 25.6, 30.7, 28.3 MB: gathers cost more than they save).
-    temps = temporaries(dict(vocab_size=512, width=256, heads=4, mlp_width=1024, max_length=8, depth="4x1",
-                             remat="full"))
+def test_fsdp_lowers_temporaries_at_equal_global_batch(temporaries):
+    temps = temporaries["parameter_heavy"]
     assert temps["1x8"] < temps["2x4"] < temps["8x1"], temps
 
 
-def test_activation_temporaries_do_not_grow_with_fsdp():
-    # Activation-heavy (one shared block, long sequences): the per-device batch is
-    # the same on every mesh, so without activation constraints XLA's gathers made
-    # temporaries grow with fsdp (8.4 -> 18.9 GiB on v5e-16); pinned, they do not.
-    temps = temporaries(dict(vocab_size=512, width=64, heads=4, mlp_width=256, max_length=256, depth="6"))
+def test_activation_temporaries_do_not_grow_with_fsdp(temporaries):
+    temps = temporaries["activation_heavy"]
     assert temps["1x8"] <= temps["8x1"] * 1.02, temps
 
 
