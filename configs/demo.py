@@ -13,7 +13,7 @@ def get_config():
     config = default_config()
     config.model.update(vocab_size=1024, width=128, heads=4, mlp_width=512, max_length=64, embedding_size=128,
                         depth="6")
-    config.train.update(steps=800, batch_size=32, learning_rate=2e-3, warmup_steps=50, log_every=20,
+    config.train.update(steps=560, batch_size=32, learning_rate=2e-3, warmup_steps=50, log_every=20,
                         eval_batches=8, step_counts="1,2,3,6", step_weights="1,1,1,3")
     config.data.update(tokenizer_characters=2_000_000)  # the tokenizer learns from the first 2M characters
     config.checkpoint.update(every=200, keep=2)

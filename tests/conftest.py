@@ -51,15 +51,14 @@ def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One compilation cache for the run, every worker's and its subprocesses' (training runs, pod compiles):
-    a program two tests build alike (the same tiny model at the same solve) compiles once. A size limit turns
-    on JAX's file lock, which concurrent workers need."""
-    path = str(run_root(tmp_path_factory) / "jax_cache")
-    settings = dict(jax_compilation_cache_dir=path, jax_persistent_cache_min_compile_time_secs=0,
-                    jax_compilation_cache_max_size=8 << 30)
-    for name, value in settings.items():
-        os.environ[name.upper()] = str(value)
-        jax.config.update(name, value)
+    """One compilation cache for each worker, its own and its subprocesses' (training runs, pod compiles): a
+    program two tests build alike (the same tiny model at the same solve) compiles once. Not one for all workers:
+    concurrent writers need JAX's size limit, whose eviction reads every entry on every write."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 @pytest.fixture
