@@ -31,15 +31,11 @@ def tiny_model(seed: int = 0, **overrides) -> odeplm.LanguageModel:
     return odeplm.LanguageModel(tiny_config(**overrides), rngs=nnx.Rngs(seed))
 
 
-def run_root(tmp_path_factory) -> pathlib.Path:
-    """The directory this pytest run's workers share (each xdist worker's own temporaries lie below it)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 def built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
-    """`build(path)` run by the first worker to ask, under a file lock; the others wait and reuse it."""
-    path = run_root(tmp_path_factory) / name
+    """`build(path)` run by the first worker to ask, under a file lock; the others wait and reuse it. It lies in
+    the directory the run's xdist workers share (each worker's own temporaries lie below it)."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
     with filelock.FileLock(f"{path}.lock"):
         if not (path / ".built").exists():
             shutil.rmtree(path, ignore_errors=True)
