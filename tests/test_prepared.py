@@ -124,16 +124,19 @@ def test_missing_incomplete_or_differently_tokenized_splits_are_named_and_left_a
     with pytest.raises(DataError, match="incomplete"):
         prepare_split(documents, "validation", data_dir, tokenizer)  # a finished split is never rewritten
     assert sorted(os.listdir(files.directory)) == before
-    with pytest.raises(DataError, match="no bpe tokenizer of 450 pieces .* train.prepare"):
+    with pytest.raises(DataError, match="no bpe tokenizer of 450 pieces from 50000000 characters .* train.prepare"):
         dataset_tokenizer(documents, data_dir, 450, train=False)
 
 
-def test_the_dataset_tokenizer_is_trained_once_on_a_bounded_sample(documents, data_dir):
+def test_the_dataset_tokenizer_is_trained_once_per_sample_bound(documents, data_dir):
     first = dataset_tokenizer(documents, data_dir, 360, sample_characters=50_000)
-    assert dataset_tokenizer(documents, data_dir, 360, sample_characters=10**9).fingerprint == first.fingerprint
-    larger = dataset_tokenizer(documents, str(os.path.join(data_dir, "elsewhere")), 360,
-                               sample_characters=10**9)
-    assert larger.fingerprint != first.fingerprint  # the bound changed what it saw
+    path = os.path.join(dataset_root(documents, data_dir), "tokenizer-bpe-360-sample50000.json")
+    saved = os.stat(path).st_mtime_ns
+    assert dataset_tokenizer(documents, data_dir, 360, sample_characters=50_000).fingerprint == first.fingerprint
+    assert os.stat(path).st_mtime_ns == saved  # read back, not trained again
+    larger = dataset_tokenizer(documents, data_dir, 360, sample_characters=10**9)
+    assert larger.fingerprint != first.fingerprint  # another bound is another tokenizer, not the saved one
+    assert dataset_tokenizer(documents, data_dir, 360, sample_characters=50_000).fingerprint == first.fingerprint
 
 
 def test_a_character_tokenizer_has_one_piece_per_character_and_names_its_size(documents, data_dir):
@@ -148,7 +151,7 @@ def test_a_character_tokenizer_has_one_piece_per_character_and_names_its_size(do
     assert tokenizer.decode(ids) == text
     assert len(ids) == len(text)  # one piece per character, and no marker SentencePiece would put in front
     assert len(tokenizer.encode("ab")) == 2
-    assert os.path.exists(os.path.join(dataset_root(documents, data_dir), f"tokenizer-char-{size}.json"))
+    assert os.path.exists(os.path.join(dataset_root(documents, data_dir), f"tokenizer-char-{size}-sample50000000.json"))
 
 
 @pytest.mark.parametrize("override, message", [

@@ -11,7 +11,7 @@ carries them, its targets, loss weights and group (`encode_example`). Shards are
 temporary name and renamed, so an interrupted prepare resumes where it stopped;
 the manifest is written last and marks the split complete. The layout is
 
-    {data_dir}/odeplm_tokens/{dataset}/tokenizer-{vocab}.json (tokenizer-char-{vocab}.json: characters)
+    {data_dir}/odeplm_tokens/{dataset}/tokenizer-{kind}-{vocab}-sample{characters}.json
     {data_dir}/odeplm_tokens/{dataset}/{tokenizer fingerprint}/{split}/manifest.json, shard-*.array_record
 
 so a split is written once per (dataset, split, tokenizer) and never rewritten.
@@ -69,7 +69,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = 50_000_000,
                       kind: str = "bpe", train: bool = True) -> Tokenizer | Symbols:
     """The dataset's tokenizer of `vocab_size` pieces (`kind` bpe or char), trained once
-    on a bounded, evenly spread sample of its training split and saved beside its token files;
+    on a bounded, evenly spread sample of its training split and saved beside its token files
+    under a name holding all three (another bound is another tokenizer, not the saved one);
     a task's own vocabulary (`kind` does not apply)."""
     if is_task(dataset):
         vocabulary = task_vocabulary(dataset)
@@ -77,15 +78,16 @@ def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_ch
             raise ConfigError("model.vocab_size", f"{dataset!r} has a vocabulary of {vocabulary.vocab_size} ids, "
                                                   f"not {vocab_size}")
         return vocabulary
-    name = f"tokenizer-{vocab_size}.json" if kind == "bpe" else f"tokenizer-{kind}-{vocab_size}.json"
+    name = f"tokenizer-{kind}-{vocab_size}-sample{sample_characters}.json"
     path = os.path.join(dataset_root(dataset, data_dir), name)
     if os.path.exists(path):
         with open(path) as f:
             return tokenizer_from_json(json.load(f))
     if not train:
         dataset_builder(dataset, data_dir)  # an unknown or unbuilt dataset is named as that, not as a tokenizer
-        raise DataError(f"{dataset!r} has no {kind} tokenizer of {vocab_size} pieces under {data_dir}: "
-                        f"{path} is missing; run `python -m train.prepare` with this config once")
+        raise DataError(f"{dataset!r} has no {kind} tokenizer of {vocab_size} pieces from {sample_characters} "
+                        f"characters under {data_dir}: {path} is missing; run `python -m train.prepare` with this "
+                        f"config once")
     texts = text_source(dataset, "train", data_dir)
     sample = np.unique(np.linspace(0, len(texts) - 1, min(len(texts), TOKENIZER_DOCUMENTS)).astype(np.int64))
     try:

@@ -119,7 +119,8 @@ class Trainer:
 
             multihost_utils.sync_global_devices("odeplm: data prepared")
         return restored or dataset_tokenizer(settings.dataset, settings.data_dir, self.model_config.vocab_size,
-                                             kind=settings.tokenizer, train=False)
+                                             sample_characters=settings.tokenizer_characters, kind=settings.tokenizer,
+                                             train=False)
 
     def _batches(self, split: str, *, shuffle: bool) -> Batches:
         return split_batches(self.settings.dataset, split, self.settings.data_dir, self.tokenizer,
