@@ -210,8 +210,7 @@ def test_a_trained_albert_base_shaped_model_round_trips_through_transformers(tmp
                         dtype="float32", masked_positions=8, loss_chunk=None, depth="6")
     config.train.update(steps=3, batch_size=4, warmup_steps=1, log_every=1, eval_batches=1, step_counts="",
                         step_weights="")
-    # the session's corpus and its tokenizer (saved by vocabulary size: a smaller sample here, trained first, would
-    # become every later test's tokenizer)
+    # the session's corpus, and the tokenizer its other runs use (saved by kind, size and sample bound)
     config.data.data_dir = corpus_dir
     config.checkpoint.update(every=3, async_save=False)
     config.eval.solves = ""
