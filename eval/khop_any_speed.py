@@ -151,13 +151,16 @@ def rows(results: str, models: tuple[str, ...]) -> list[dict]:
                 held = (f"{name} at euler:{depth}", own.get(f"euler:{depth}"), None)
                 held = held if held[1] is not None else None
             out.append(_row(name, depth, having[solve], solve, _order(solve), point, held, cost))
-        seeds = [seed for seed, _ in found]
-        adaptive = [r.get("any_speed", {}).get("adaptive", []) for _, r in found]
-        for i, entry in enumerate(adaptive[0] if all(adaptive) else []):
-            points = [_adaptive_point(a[i]) for a in adaptive]
+        adaptive = {}  # solve -> [(seed, point)], matched by solve: seeds may list them in another order
+        for seed, r in found:
+            for entry in r.get("any_speed", {}).get("adaptive", []):
+                adaptive.setdefault(entry["solve"], []).append((seed, _adaptive_point(entry)))
+        for solve, pairs in adaptive.items():
+            points = [p for _, p in pairs]
             point = {**_mean(points), "nfe_by_hops": {h: float(np.mean([p["nfe_by_hops"][h] for p in points]))
                                                       for h in points[0]["nfe_by_hops"]}}
-            row = _row(name, depth, seeds, entry["solve"], _order(entry["solve"]), point, references.get(depth), cost)
+            row = _row(name, depth, [seed for seed, _ in pairs], solve, _order(solve), point, references.get(depth),
+                       cost)
             out.append({**row, "nfe_by_hops": point["nfe_by_hops"]})
     return out
 

@@ -48,3 +48,24 @@ def test_rows_are_held_against_the_ladder_the_model_itself_and_full_depth(tmp_pa
     assert "within the dedicated depth-N model: 2 of 4; missed at N = 2" in goals
     assert "order >= 2 better than Euler at equal NFE <= 2: met" in goals
     assert "training cost at most 1.5 dedicated full-depth models: met (1.25)" in goals
+
+
+def test_adaptive_rows_pair_seeds_by_solve_not_by_position(tmp_path):
+    write(tmp_path, "depth4_curriculum", [point("euler:4", 4, 0.1, 0.9, kind="full depth")])
+
+    def adaptive(solve, nfe, loss):
+        return {"solve": solve, "by_hops": {h: {"nfe": nfe, "loss": loss, "accuracy": 0.5, "weight": 1.0}
+                                            for h in ("1", "2", "3", "4")}}
+
+    loose, tight = "bosh3:rtol=0.1:atol=0.1", "bosh3:rtol=0.01:atol=0.01"
+    write(tmp_path, "depth4_curriculum_draw_stride", [],
+          any_speed={"points": [], "adaptive": [adaptive(loose, 10, 0.5), adaptive(tight, 30, 2.0)]})
+    write(tmp_path, "depth4_curriculum_draw_stride_seed1", [],
+          any_speed={"points": [], "adaptive": [adaptive(tight, 34, 2.4), adaptive(loose, 12, 0.7)]})
+    write(tmp_path, "depth4_curriculum_draw_stride_seed2", [],
+          any_speed={"points": [], "adaptive": [adaptive(tight, 32, 2.2)]})
+    rows = {r["solve"]: r for r in khop_any_speed.rows(str(tmp_path), ("depth4_curriculum_draw_stride",))}
+    assert rows[loose]["seeds"] == [0, 1] and rows[loose]["nfe"] == pytest.approx(11)
+    assert rows[loose]["loss"] == pytest.approx(0.6)
+    assert rows[tight]["seeds"] == [0, 1, 2] and rows[tight]["nfe"] == pytest.approx(32)
+    assert rows[tight]["loss"] == pytest.approx(2.2) and rows[tight]["nfe_by_hops"]["3"] == pytest.approx(32)
