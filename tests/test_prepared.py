@@ -23,6 +23,7 @@ from odeplm.data.prepared import (
     split_directory,
 )
 from odeplm.data.sources import text_source
+from odeplm.data.tokenizer import TOKENIZER_CHARACTERS
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,8 @@ def test_missing_incomplete_or_differently_tokenized_splits_are_named_and_left_a
     with pytest.raises(DataError, match="incomplete"):
         prepare_split(documents, "validation", data_dir, tokenizer)  # a finished split is never rewritten
     assert sorted(os.listdir(files.directory)) == before
-    with pytest.raises(DataError, match="no bpe tokenizer of 450 pieces from 50000000 characters .* train.prepare"):
+    missing = f"no bpe tokenizer of 450 pieces from {TOKENIZER_CHARACTERS} characters .* train.prepare"
+    with pytest.raises(DataError, match=missing):
         dataset_tokenizer(documents, data_dir, 450, train=False)
 
 
@@ -151,7 +153,8 @@ def test_a_character_tokenizer_has_one_piece_per_character_and_names_its_size(do
     assert tokenizer.decode(ids) == text
     assert len(ids) == len(text)  # one piece per character, and no marker SentencePiece would put in front
     assert len(tokenizer.encode("ab")) == 2
-    assert os.path.exists(os.path.join(dataset_root(documents, data_dir), f"tokenizer-char-{size}-sample50000000.json"))
+    saved = f"tokenizer-char-{size}-sample{TOKENIZER_CHARACTERS}.json"
+    assert os.path.exists(os.path.join(dataset_root(documents, data_dir), saved))
 
 
 @pytest.mark.parametrize("override, message", [

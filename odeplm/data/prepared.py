@@ -38,7 +38,7 @@ from odeplm.core.config import ConfigError
 from odeplm.core.special_ids import EOS, PAD
 from odeplm.data import DataError
 from odeplm.data.sources import dataset_builder, example_source, group_name, is_task, task_vocabulary, text_source
-from odeplm.data.tokenizer import Symbols, Tokenizer, tokenizer_from_json
+from odeplm.data.tokenizer import TOKENIZER_CHARACTERS, Symbols, Tokenizer, tokenizer_from_json
 
 RECORD_TOKENS = 4096
 # Random access reads one record at a time (group_size 1); token ids do not compress enough to pay.
@@ -66,7 +66,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
 
 
-def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = 50_000_000,
+def dataset_tokenizer(dataset: str, data_dir: str, vocab_size: int, *, sample_characters: int = TOKENIZER_CHARACTERS,
                       kind: str = "bpe", train: bool = True) -> Tokenizer | Symbols:
     """The dataset's tokenizer of `vocab_size` pieces (`kind` bpe or char), trained once
     on a bounded, evenly spread sample of its training split and saved beside its token files
@@ -287,7 +287,7 @@ def decode_example(record: bytes) -> dict:
 
 
 def prepare(dataset: str, data_dir: str, tokenizer: Tokenizer | Symbols | int, *, splits=("train", "validation"),
-            shards: int = 16, workers: int = 1, sample_characters: int = 50_000_000,
+            shards: int = 16, workers: int = 1, sample_characters: int = TOKENIZER_CHARACTERS,
             kind: str = "bpe") -> dict[str, TokenFiles]:
     """Every split of `dataset` tokenized by `tokenizer`, or by the dataset's own
     `kind` tokenizer of that many pieces (trained first if it has none)."""

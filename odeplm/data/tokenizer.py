@@ -26,6 +26,8 @@ from odeplm.data import DataError
 SPECIAL_COUNT = MASK + 1  # pad, unk, bos, eos, [MASK]
 
 KINDS = ("bpe", "char")
+# Characters of text a tokenizer learns from, unless told otherwise; a saved tokenizer's name holds its bound.
+TOKENIZER_CHARACTERS = 50_000_000
 
 
 class Tokenizer:
@@ -36,7 +38,7 @@ class Tokenizer:
             raise DataError("tokenizer: not an odeplm SentencePiece model (pad 0, [MASK] 4 expected)")
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, max_characters: int = 50_000_000,
+    def train(cls, texts: Iterable[str], vocab_size: int, max_characters: int = TOKENIZER_CHARACTERS,
               kind: str = "bpe") -> "Tokenizer":
         """BPE or characters over paragraphs of `texts`, deterministic (no sampling or
         shuffling). A `char` tokenizer holds every character seen, up to `vocab_size` pieces."""

@@ -18,7 +18,7 @@ from ml_collections import ConfigDict, config_dict
 from odeplm.core.config import ConfigError, ModelConfig, is_count
 from odeplm.core.solvers import Solve, SolverError
 from odeplm.data.prepared import INDEX_OPTIONS
-from odeplm.data.tokenizer import KINDS
+from odeplm.data.tokenizer import KINDS, TOKENIZER_CHARACTERS
 from odeplm.runs.recipe import Discretisation, Distillation
 
 
@@ -42,7 +42,7 @@ def default_config() -> ConfigDict:
     # training windows uniformly through that index, K > 0 draws them K blocks of 1 Mi tokens at a time,
     # each read in sequence (odeplm.data.blocks: fast at flat memory, a batch mixes K stretches of the corpus).
     config.data = ConfigDict(dict(dataset="shakespeare", data_dir="", shards=16, workers=0, tokenizer="bpe",
-                                  tokenizer_characters=50_000_000, read_threads=2, record_index="offloaded",
+                                  tokenizer_characters=TOKENIZER_CHARACTERS, read_threads=2, record_index="offloaded",
                                   shuffle_blocks=0))
     config.train = ConfigDict(dict(
         steps=1000, batch_size=32, learning_rate=1e-3, warmup_steps=100, weight_decay=0.01, clip_norm=1.0,
